@@ -1,0 +1,69 @@
+"""Typed errors. Every one names the bad value and, where there is a finite set, the valid ones.
+
+All derive from :class:`NasforgeError` so the CLI can print a one-line message instead of a
+traceback; each also derives from the matching built-in (``ValueError``, ``KeyError``...) so
+ordinary ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class NasforgeError(Exception):
+    """Base of every error nasforge raises on purpose."""
+
+
+def _choices(valid: Iterable[object]) -> str:
+    items = [str(v) for v in valid]
+    if len(items) > 12:
+        items = items[:12] + [f"... ({len(items) - 12} more)"]
+    return ", ".join(items)
+
+
+class UnknownNameError(NasforgeError, KeyError):
+    """A name (space, method, op, proxy, data set...) that is not registered."""
+
+    def __init__(self, kind: str, name: object, valid: Iterable[object]) -> None:
+        self.kind, self.name, self.valid = kind, name, list(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid: {_choices(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0])
+
+
+class ArchError(NasforgeError, ValueError):
+    """An architecture (string, mapping or Arch) that is not a member of the space."""
+
+
+class BudgetError(NasforgeError, ValueError):
+    """A budget (trials, epochs, seconds, constraint) that cannot be met or is not positive."""
+
+
+class DataError(NasforgeError, ValueError):
+    """A data directory or file in the wrong layout, an empty class, a bad split."""
+
+
+class ConfigError(NasforgeError, ValueError):
+    """A bad option or config file value."""
+
+
+class IncompatibleRunError(NasforgeError, ValueError):
+    """A run directory that was created by a different, incompatible configuration."""
+
+
+class CheckpointError(NasforgeError, ValueError):
+    """A checkpoint that is corrupt, from another space/model, or from an incompatible version."""
+
+
+def require_positive(name: str, value: float | int) -> None:
+    """Raise :class:`BudgetError` unless ``value`` > 0 (used for budgets, epochs, sizes)."""
+    if not value > 0:
+        raise BudgetError(f"{name} must be > 0, got {value!r}")
+
+
+def require_choice(kind: str, value: object, valid: Iterable[object]) -> None:
+    """Raise :class:`UnknownNameError` unless ``value`` is one of ``valid``."""
+    valid = list(valid)
+    if value not in valid:
+        raise UnknownNameError(kind, value, valid)

@@ -1,0 +1,1 @@
+"""Network building blocks: primitive ops, blocks and the one candidate-mixing module."""
