@@ -16,15 +16,13 @@ from nasforge.errors import UnknownNameError
 T = TypeVar("T")
 
 # kind -> name -> object
-_REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "searcher": {}, "proxy": {}, "dataset": {}}
+_REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "proxy": {}}
 
 # kind -> modules that register entries of that kind (imported on first lookup)
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "space": ("nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet"),
-    "searcher": ("nasforge.searchers.random_search", "nasforge.searchers.evolution"),
-    "method": ("nasforge.methods",),
+    "method": ("nasforge.searchers.random_search", "nasforge.searchers.evolution"),
     "proxy": (),
-    "dataset": ("nasforge.data.datasets",),
 }
 
 

@@ -1,0 +1,315 @@
+"""The ``nasforge`` command.
+
+Every ``search`` / ``train`` option may also come from a YAML or TOML file (``--config``) whose
+keys are the option names with underscores (``trials: 30``, ``recipe_overrides: {epochs: 3}``);
+options given on the command line win. The fully resolved config is stored in the run
+directory as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasforge.errors import ConfigError, NasforgeError
+
+DEFAULT_TRAIN_OUT = "runs/train"
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as a YAML scalar/list (safe_load: no code runs)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) options file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    elif p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    else:
+        raise ConfigError(f"config file {path} must end in .yaml, .yml or .toml, not {p.suffix!r}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+S = argparse.SUPPRESS  # options not given stay absent, so config-file values are not overwritten
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="digits (built in, default), cifar10 (official batches) or folder (ImageFolder layout)")
+    g.add_argument("--data-root", default=S, help="directory holding cifar-10-batches-py, or train/ and test/ class folders")
+    g.add_argument("--image-size", type=int, default=S, help="resize folder images to this square size (default 32)")
+
+
+def _space_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("space")
+    g.add_argument("--space", default=S, help="search space (see `nasforge spaces`; default nb201)")
+    g.add_argument("--space-opt", dest="space_kwargs", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="space constructor option, e.g. preset=cifar for mobilenet (repeatable)")
+    g.add_argument("--build-opt", dest="build_kwargs", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="network option passed to space.build, e.g. C=8 N=1 for nb201, layers=8 for darts (repeatable)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=S, help="YAML or TOML file of options (command-line options win)")
+    p.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
+    p.add_argument("--out", default=S, help="run directory (rerun with the same one to resume)")
+    p.add_argument("--device", default=S, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nasforge", description="Neural architecture search on PyTorch.",
+        epilog="Run `nasforge COMMAND --help` for the options of a command.",
+    )
+    from nasforge import __version__
+
+    parser.add_argument("--version", action="version", version=f"nasforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("search", help="run (or resume) an architecture search",
+                       description="Search a space with a method; every trial is stored durably in the run directory. "
+                                   "Interrupt with Ctrl-C and rerun the same command to resume.")
+    p.add_argument("--method", default=S, help="search method (see `nasforge methods`; default evolution)")
+    p.add_argument("--method-opt", dest="method_kwargs", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="method option, e.g. population_size=10 sample_size=3 (repeatable)")
+    _space_options(p)
+    _data_options(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--evaluator", default=S, choices=("train", "table"),
+                   help="train each candidate (default) or look it up in the NB201 table (--table)")
+    g.add_argument("--table", default=S, help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz)")
+    g.add_argument("--split", default=S, choices=("random", "nb201"),
+                   help="validation split: random stratified (default) or nb201 (CIFAR-10 25k/25k)")
+    g.add_argument("--valid-fraction", type=float, default=S, help="share of training images held out (default 0.5)")
+    g.add_argument("--train-subset", type=int, default=S, help="use only this many training images for the search")
+    g.add_argument("--recipe", default=S, help="training recipe of each candidate: quick (default), nb201, darts")
+    g.add_argument("--recipe-opt", dest="recipe_overrides", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. lr=0.05 (repeatable)")
+    g.add_argument("--epochs", type=int, default=S, help="epochs of training per candidate (recipe override)")
+    g = p.add_argument_group("budget and objective")
+    g.add_argument("--trials", type=int, default=S, help="number of finished trials to reach (default 20)")
+    g.add_argument("--objective", default=S, help="metric to optimise: val_acc (default), min:params, ...")
+    g.add_argument("--constraint", dest="constraints", action="append", default=S, metavar="EXPR",
+                   help="hard limit, e.g. params<=200k or flops<=5M (repeatable)")
+    g = p.add_argument_group("final training")
+    g.add_argument("--final-recipe", default=S, help="recipe to retrain the best architecture (default quick)")
+    g.add_argument("--final-opt", dest="final_overrides", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="override a final-recipe field (repeatable)")
+    g.add_argument("--final-epochs", type=int, default=S, help="epochs of the final training")
+    g.add_argument("--no-final-train", dest="final_train", action="store_false", default=S,
+                   help="skip retraining and export of the best architecture")
+    p.add_argument("--storage", default=S, help="Optuna storage URL (default: sqlite file study.db in the run directory)")
+    _run_options(p)
+
+    p = sub.add_parser("train", help="train one architecture from scratch and export it",
+                       description="Train an architecture string of a space on a data set, test it, export it "
+                                   "(safetensors + ONNX). Rerun the same command to resume an interrupted training.")
+    p.add_argument("--arch", default=S, help="architecture text in the space's format (see `nasforge spaces`)")
+    _space_options(p)
+    _data_options(p)
+    p.add_argument("--recipe", default=S, help="training recipe: quick (default), nb201, darts")
+    p.add_argument("--recipe-opt", dest="recipe_overrides", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. cutout=16 (repeatable)")
+    p.add_argument("--epochs", type=int, default=S, help="epochs (recipe override)")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", default=S, help="skip the ONNX export")
+    _run_options(p)
+
+    p = sub.add_parser("evaluate", help="evaluate an exported model on a data set's test split")
+    p.add_argument("model_dir", help="directory written by search/train (RUN/model)")
+    _data_options(p)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+
+    sub.add_parser("spaces", help="list the search spaces with their papers")
+    sub.add_parser("methods", help="list the search methods with their papers")
+
+    p = sub.add_parser("show", help="print a run's results")
+    p.add_argument("run_dir", help="run directory of a search or train command")
+    p.add_argument("--top", type=int, default=10, help="how many of the best trials to list")
+    return parser
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def _gather(ns: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    """Options from --config, then from the command line (which wins)."""
+    opts: dict[str, Any] = load_config_file(ns.config) if "config" in ns else {}
+    for key in keys:
+        if key in ns:
+            value = getattr(ns, key)
+            if key.endswith(("_kwargs", "_overrides")) and isinstance(value, list):
+                value = {**opts.get(key, {}), **dict(value)}
+            opts[key] = value
+    return opts
+
+
+def cmd_search(ns: argparse.Namespace) -> int:
+    from nasforge.experiment import SearchConfig, run_search
+
+    keys = [f.name for f in dataclasses.fields(SearchConfig)]
+    opts = _gather(ns, keys + ["epochs", "final_epochs"])
+    if "epochs" in opts:
+        opts["recipe_overrides"] = {**opts.get("recipe_overrides", {}), "epochs": opts.pop("epochs")}
+    if "final_epochs" in opts:
+        opts["final_overrides"] = {**opts.get("final_overrides", {}), "epochs": opts.pop("final_epochs")}
+    cfg = SearchConfig.from_dict(opts)
+    outcome = run_search(cfg, progress=not ns.no_progress)
+    _print_search_summary(json.loads((outcome.run_dir / "results.json").read_text()), top=5)
+    print(f"\nrun directory: {outcome.run_dir}  ({outcome.seconds:.0f} s)")
+    return 0
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from nasforge.experiment import TrainConfig, run_train
+
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    opts = _gather(ns, keys + ["epochs"])
+    if "epochs" in opts:
+        opts["recipe_overrides"] = {**opts.get("recipe_overrides", {}), "epochs": opts.pop("epochs")}
+    cfg = TrainConfig.from_dict(opts)
+    res = run_train(cfg, progress=not ns.no_progress)
+    _print_rows(["architecture", "test acc %", "params", "FLOPs"],
+                [[res["arch"], f"{res['test_acc']:.2f}", f"{res['params']:,.0f}", f"{res['flops']:,.0f}"]])
+    print(f"\nmodel: {res['model_dir']}")
+    return 0
+
+
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from nasforge.data import load_data
+    from nasforge.export import load_model
+    from nasforge.train.trainer import evaluate
+
+    data = load_data(getattr(ns, "data", "digits"), getattr(ns, "data_root", None),
+                     image_size=getattr(ns, "image_size", None))
+    model = load_model(ns.model_dir)
+    metrics = evaluate(model, data.test, batch_size=ns.batch_size, device=ns.device)
+    print(f"test accuracy {metrics['acc']:.2f}%  loss {metrics['loss']:.4f}  ({len(data.test)} images)")  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_spaces(ns: argparse.Namespace) -> int:
+    from nasforge import get_space, registry
+
+    rows = []
+    for name in registry.names("space"):
+        space = get_space(name)
+        rows.append([name, f"{space.size():.3g}", str(len(space.decisions())), space.paper])
+    _print_rows(["space", "size", "decisions", "paper"], rows)
+    return 0
+
+
+def cmd_methods(ns: argparse.Namespace) -> int:
+    from nasforge import registry
+
+    rows = []
+    for name in registry.names("method"):
+        cls = registry.get("method", name)
+        opts = ", ".join(f"{k}={v}" for k, v in cls.options().items()) or "-"
+        rows.append([name, opts, cls.paper])
+    _print_rows(["method", "options (defaults)", "paper"], rows)
+    return 0
+
+
+def cmd_show(ns: argparse.Namespace) -> int:
+    path = Path(ns.run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{ns.run_dir} holds no results.json (not a finished nasforge run directory)")
+    res = json.loads(path.read_text())
+    if res.get("kind") == "search":
+        _print_search_summary(res, top=ns.top)
+    else:
+        f = res["final"]
+        _print_rows(["architecture", "test acc %", "params", "FLOPs", "epochs"],
+                    [[f["arch"], f"{f['test_acc']:.2f}", f"{f['params']:,.0f}", f"{f['flops']:,.0f}", str(f["epochs"])]])
+    return 0
+
+
+def _print_search_summary(res: dict[str, Any], top: int) -> None:
+    cfg = res["config"]
+    trials = sorted(res["trials"], key=lambda t: -t["fitness"])[:top]
+    print(f"\n{cfg['method']} on {cfg['space']} / {cfg['data']}: {len(res['trials'])} trials, "
+          f"objective {cfg['objective']}")
+    rows = []
+    for t in trials:
+        m = t["metrics"]
+        rows.append([str(t["number"]), t["arch"], f"{m.get('val_acc', float('nan')):.2f}",
+                     f"{m.get('params', float('nan')):,.0f}", f"{m.get('flops', float('nan')):,.0f}"])
+    _print_rows(["trial", "architecture", "val acc %", "params", "FLOPs"], rows)
+    final = res.get("final")
+    if final:
+        print("\nbest architecture, retrained on the full training set:")
+        _print_rows(["architecture", "test acc %", "params", "FLOPs", "epochs"],
+                    [[final["arch"], f"{final['test_acc']:.2f}", f"{final['params']:,.0f}",
+                      f"{final['flops']:,.0f}", str(final["epochs"])]])
+        print(f"model: {final['model_dir']}" + (f"  onnx: {final['onnx']}" if final.get("onnx") else ""))
+    elif "test_acc" in res["best"]["metrics"]:
+        print(f"\nbest architecture's table test accuracy: {res['best']['metrics']['test_acc']:.2f}%")
+
+
+def _print_rows(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+COMMANDS = {"search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate,
+            "spaces": cmd_spaces, "methods": cmd_methods, "show": cmd_show}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return COMMANDS[ns.command](ns)
+    except KeyboardInterrupt as e:  # includes SearchInterrupted
+        msg = str(e) or "interrupted"
+        print(f"\n{msg}", file=sys.stderr)
+        return 130
+    except NasforgeError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluators turn an Arch into a :class:`~nasforge.searchers.base.Result`."""

@@ -1,0 +1,63 @@
+"""Training evaluator: build the candidate, train it from scratch for a budget, validate.
+
+The standard multi-trial estimator (NAS-RL, NASNet, Regularized Evolution all train each
+child). Every candidate starts from the same seed (common random numbers), so differences in
+fitness come from the architecture, not from the initialisation lottery.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from nasforge.arch import Arch
+from nasforge.hardware.cost import measure
+from nasforge.searchers.base import Result
+from nasforge.spaces.base import SearchSpace
+from nasforge.train.recipes import Recipe
+from nasforge.train.trainer import train
+
+
+class TrainEvaluator:
+    """``evaluator(arch) -> Result`` with metrics val_acc (%), train_acc (%), params, flops, macs."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        train_set: Dataset[Any],
+        valid_set: Dataset[Any],
+        *,
+        recipe: Recipe,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        build_kwargs: dict[str, Any] | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.space, self.train_set, self.valid_set = space, train_set, valid_set
+        self.recipe, self.input_shape, self.num_classes = recipe, input_shape, num_classes
+        self.build_kwargs = dict(build_kwargs or {})
+        self.seed, self.device = seed, device
+
+    def build(self, arch: Arch) -> torch.nn.Module:
+        torch.manual_seed(self.seed)
+        return self.space.build(
+            arch, num_classes=self.num_classes, in_channels=self.input_shape[0], **self.build_kwargs
+        )
+
+    def __call__(self, arch: Arch) -> Result:
+        start = time.perf_counter()
+        net = self.build(arch)
+        cost = measure(net, self.input_shape)
+        result = train(net, self.train_set, self.recipe, eval_set=self.valid_set, seed=self.seed, device=self.device)
+        last = result.history[-1]
+        metrics = {
+            "val_acc": float(last["eval_acc"]),
+            "val_loss": float(last["eval_loss"]),
+            "train_acc": float(last["train_acc"]),
+            **cost.as_dict(),
+        }
+        return Result(metrics=metrics, cost=time.perf_counter() - start)

@@ -1,0 +1,498 @@
+"""Experiments: a multi-trial search, a from-scratch training, an evaluation; each in a run dir.
+
+This is the layer the CLI calls. :func:`run_search` wires a space, a searcher, an evaluator
+and a durable study together:
+
+1. the run directory gets ``config.json`` (the fully resolved config); rerunning in the same
+   directory with a config that changes the search raises :class:`IncompatibleRunError`;
+2. the study (Optuna storage, ``study.db`` by default) is opened; trials left RUNNING by a
+   killed process are marked failed; finished trials are *replayed* into a fresh searcher
+   (``ask`` must give back the recorded architecture, then ``tell``), so the search continues
+   exactly where it stopped and no finished trial is lost or repeated;
+3. trials run until ``trials`` have finished; each is written when it starts and ends;
+4. the best architecture is retrained on the whole training set with the final recipe,
+   evaluated on the test set, and exported (safetensors + ONNX) with ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasforge import registry
+from nasforge.arch import Arch
+from nasforge.errors import BudgetError, ConfigError, IncompatibleRunError, NasforgeError, require_choice
+from nasforge.searchers.base import Result, Searcher
+from nasforge.spaces.base import SearchSpace
+
+EVALUATORS = ("train", "table")
+SPLITS = ("random", "nb201")
+COST_METRICS = ("params", "flops", "macs")
+
+
+class SearchInterrupted(NasforgeError, KeyboardInterrupt):
+    """Ctrl-C during a search: finished trials are safe; rerun the same command to resume."""
+
+
+@dataclass
+class SearchConfig:
+    """Everything that defines a search. Field comments are the ``--help`` texts."""
+
+    method: str = "evolution"  # searcher: see `nasforge methods`
+    space: str = "nb201"  # search space: see `nasforge spaces`
+    space_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of get_space
+    build_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of space.build (e.g. C, N)
+    method_kwargs: dict[str, Any] = field(default_factory=dict)  # searcher options (e.g. population_size)
+    data: str = "digits"  # digits (built in), cifar10 (official batches), folder (ImageFolder layout)
+    data_root: str | None = None  # directory of cifar10 / folder data
+    image_size: int | None = None  # resize folder images to this size
+    split: str = "random"  # validation split for search: random (stratified) or nb201 (CIFAR-10 25k/25k)
+    valid_fraction: float = 0.5  # share of the training set held out for validation (split=random)
+    train_subset: int | None = None  # use only this many training images for the search (stratified)
+    evaluator: str = "train"  # train (from scratch) or table (NB201 lookup, needs --table)
+    table: str | None = None  # path of the NB201 table CSV for evaluator=table
+    trials: int = 20  # number of finished trials to reach
+    seed: int = 0  # seeds the searcher, data splits and every training run
+    objective: str = "val_acc"  # metric to optimise; prefix with max: or min: to set the direction
+    constraints: list[str] = field(default_factory=list)  # e.g. "params<=1e5", "flops<=2e6"
+    recipe: str = "quick"  # training recipe for each candidate (see train/recipes.py)
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"epochs": 3}
+    final_recipe: str = "quick"  # recipe for retraining the best architecture
+    final_overrides: dict[str, Any] = field(default_factory=dict)
+    final_train: bool | None = None  # retrain the best at the end (default: yes for evaluator=train)
+    out: str = "runs/search"  # run directory
+    storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
+    device: str = "cpu"
+
+    # Fields that may change between a run and its resumption without changing the search.
+    RESUMABLE = ("trials", "out", "storage", "device", "final_recipe", "final_overrides", "final_train")
+
+    def validate(self) -> None:
+        require_choice("method", self.method, registry.names("method"))
+        require_choice("space", self.space, registry.names("space"))
+        require_choice("evaluator", self.evaluator, EVALUATORS)
+        require_choice("split", self.split, SPLITS)
+        if not isinstance(self.trials, int) or self.trials <= 0:
+            raise BudgetError(f"trials must be a positive integer, got {self.trials!r}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"valid_fraction must be in (0, 1), got {self.valid_fraction!r}")
+        if self.train_subset is not None and self.train_subset <= 0:
+            raise BudgetError(f"train_subset must be > 0, got {self.train_subset!r}")
+        if self.evaluator == "table" and not self.table:
+            raise ConfigError("evaluator 'table' needs --table PATH (the NB201 results CSV)")
+        parse_objective(self.objective)
+        for c in self.constraints:
+            parse_constraint(c)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"unknown search option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+        return cls(**d)
+
+
+# ---- objectives and constraints --------------------------------------------------------------
+
+_MAXIMISE_HINTS = ("acc", "score", "reward")
+
+
+def parse_objective(text: str) -> tuple[str, int]:
+    """``"val_acc"`` -> ("val_acc", +1); ``"min:params"`` -> ("params", -1).
+
+    Without a prefix, metrics whose name contains acc/score/reward are maximised, others minimised.
+    """
+    m = re.fullmatch(r"\s*(?:(max|min):)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*", text)
+    if not m:
+        raise ConfigError(f"bad objective {text!r}; expected METRIC, max:METRIC or min:METRIC")
+    direction, metric = m.groups()
+    if direction is None:
+        direction = "max" if any(h in metric for h in _MAXIMISE_HINTS) else "min"
+    return metric, (1 if direction == "max" else -1)
+
+
+_SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    op: str  # "<=", "<", ">=", ">"
+    bound: float
+
+    def ok(self, value: float) -> bool:
+        return {"<=": value <= self.bound, "<": value < self.bound,
+                ">=": value >= self.bound, ">": value > self.bound}[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.bound:g}"
+
+
+def parse_constraint(text: str) -> Constraint:
+    """``"params<=1.5M"`` -> Constraint("params", "<=", 1.5e6)."""
+    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)([kKmMgG]?)\s*", text)
+    if not m:
+        raise ConfigError(
+            f"bad constraint {text!r}; expected METRIC<=VALUE (or <, >=, >), e.g. params<=1.5M, flops<=2e8"
+        )
+    metric, op, number, suffix = m.groups()
+    try:
+        bound = float(number) * _SUFFIX[suffix]
+    except ValueError:
+        raise ConfigError(f"bad number {number!r} in constraint {text!r}") from None
+    if metric in COST_METRICS and op in ("<=", "<") and bound <= 0:
+        raise BudgetError(f"constraint {text!r} can never be met: {metric} is always > 0")
+    return Constraint(metric, op, bound)
+
+
+# ---- the run directory -----------------------------------------------------------------------
+
+
+def prepare_run_dir(out: Path, config: dict[str, Any], resumable: tuple[str, ...]) -> bool:
+    """Create ``out`` with ``config.json`` or check a previous one; return True when resuming."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise IncompatibleRunError(f"{path} is not valid JSON ({e}); use another --out") from None
+        for key in sorted(set(old) | set(config)):
+            if key in resumable:
+                continue
+            if old.get(key) != config.get(key):
+                raise IncompatibleRunError(
+                    f"run directory {out} was created with {key}={old.get(key)!r}, this command has "
+                    f"{key}={config.get(key)!r}; use another --out or the original options"
+                )
+        _write_json(path, {**old, **{k: config[k] for k in resumable if k in config}})
+        return True
+    _write_json(path, config)
+    return False
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- search ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchOutcome:
+    run_dir: Path
+    best_arch: str
+    best_metrics: dict[str, float]
+    trials: int
+    resumed_trials: int
+    final: dict[str, Any] | None
+    seconds: float
+
+
+class _Feasibility:
+    """Cost-model constraints checked before evaluation, cached per architecture."""
+
+    def __init__(self, space: SearchSpace, constraints: list[Constraint], input_shape: tuple[int, int, int],
+                 num_classes: int, build_kwargs: dict[str, Any]) -> None:
+        self.space, self.input_shape, self.num_classes, self.build_kwargs = space, input_shape, num_classes, build_kwargs
+        self.pre = [c for c in constraints if c.metric in COST_METRICS]
+        self.cache: dict[str, dict[str, float]] = {}
+
+    def cost(self, arch: Arch) -> dict[str, float]:
+        from nasforge.hardware.cost import measure
+
+        key = self.space.format(arch)
+        if key not in self.cache:
+            net = self.space.build(arch, num_classes=self.num_classes, in_channels=self.input_shape[0], **self.build_kwargs)
+            self.cache[key] = measure(net, self.input_shape).as_dict()
+        return self.cache[key]
+
+    def ok(self, arch: Arch) -> bool:
+        if not self.pre:
+            return True
+        cost = self.cost(arch)
+        return all(c.ok(cost[c.metric]) for c in self.pre)
+
+
+_MAX_INFEASIBLE = 1000
+
+
+def _ask_feasible(searcher: Searcher, feasible: _Feasibility, constraints: list[Constraint]) -> Arch:
+    for _ in range(_MAX_INFEASIBLE):
+        arch = searcher.ask()
+        if feasible.ok(arch):
+            return arch
+    raise BudgetError(
+        f"no architecture meeting {', '.join(map(str, feasible.pre))} found in {_MAX_INFEASIBLE} proposals; "
+        "relax the constraint or shrink the network (build options)"
+    )
+
+
+def _fitness(metrics: dict[str, float], objective: tuple[str, int], constraints: list[Constraint]) -> float:
+    metric, sign = objective
+    if metric not in metrics:
+        raise ConfigError(f"objective metric {metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
+    for c in constraints:
+        if c.metric not in COST_METRICS:
+            if c.metric not in metrics:
+                raise ConfigError(f"constraint metric {c.metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
+            if not c.ok(metrics[c.metric]):
+                return -math.inf
+    return sign * metrics[metric]
+
+
+def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
+    """Run (or resume) a multi-trial search as described in the module docstring."""
+    from nasforge import get_space
+    from nasforge.study import Study
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
+    space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
+    objective = parse_objective(cfg.objective)
+    constraints = [parse_constraint(c) for c in cfg.constraints]
+
+    evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
+    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs)
+
+    searcher_cls = registry.get("method", cfg.method)
+    searcher: Searcher = searcher_cls(space, seed=cfg.seed, **cfg.method_kwargs)
+    study = Study(cfg.storage or out / "study.db")
+    interrupted = study.recover_interrupted()
+    done = study.completed()
+    n_resumed = len(done)
+    for rec in done:  # replay: the searcher reaches the state it had after these trials
+        arch = _ask_feasible(searcher, feasible, constraints)
+        if space.format(arch) != rec.arch:
+            raise IncompatibleRunError(
+                f"replaying trial {rec.number}: the searcher now proposes {space.format(arch)} but the study "
+                f"recorded {rec.arch}; the study in {study.url} was made by different code or options"
+            )
+        searcher.tell(arch, rec.fitness)
+    if resuming or done:
+        log(f"resuming {out}: {len(done)} finished trial(s) kept" + (f", {interrupted} interrupted re-run" if interrupted else ""))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.trials, initial=min(len(done), cfg.trials), desc=f"{cfg.method} on {cfg.space}", unit="trial")
+    best = max(done, key=lambda r: r.fitness, default=None)
+    n_done = len(done)
+    try:
+        while n_done < cfg.trials:
+            arch = _ask_feasible(searcher, feasible, constraints)
+            text = space.format(arch)
+            trial = study.start(text)
+            try:
+                result = evaluator(arch)
+            except KeyboardInterrupt:
+                study.fail(trial, "interrupted")
+                raise SearchInterrupted(
+                    f"interrupted during trial {trial.number}; {n_done} finished trial(s) are saved in {out}. "
+                    "Rerun the same command to resume."
+                ) from None
+            except Exception as e:
+                study.fail(trial, f"{type(e).__name__}: {e}")
+                raise
+            metrics = dict(result.metrics)
+            if feasible.pre:
+                metrics.update({k: v for k, v in feasible.cost(arch).items() if k not in metrics})
+            fitness = _fitness(metrics, objective, constraints)
+            study.finish(trial, fitness, metrics, result.cost)
+            searcher.tell(arch, fitness)
+            n_done += 1
+            done = study.completed()
+            best = max(done, key=lambda r: r.fitness)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({objective[0]: f"{best.metrics.get(objective[0], float('nan')):.4g}"})
+    finally:
+        if bar is not None:
+            bar.close()
+    if best is None or not math.isfinite(best.fitness):
+        raise BudgetError(f"no finished trial satisfies the constraints {cfg.constraints}")
+    best_arch = space.parse(best.arch)
+
+    final: dict[str, Any] | None = None
+    if cfg.final_train if cfg.final_train is not None else cfg.evaluator == "train":
+        if data is None:
+            data = _load_data(cfg)
+        final = train_and_export(
+            space, best_arch, data, recipe_name=cfg.final_recipe, overrides=cfg.final_overrides,
+            build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log,
+        )
+    outcome = SearchOutcome(
+        run_dir=out, best_arch=best.arch, best_metrics=best.metrics, trials=n_done,
+        resumed_trials=n_resumed,
+        final=final, seconds=time.perf_counter() - t0,
+    )
+    records = study.completed()
+    _write_json(out / "results.json", {
+        "kind": "search",
+        "config": cfg.to_dict(),
+        "space_config": space.config(),
+        "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics},
+        "final": final,
+        "trials": [dataclasses.asdict(r) for r in records],
+        "study": {"storage": study.url, "counts": study.counts()},
+        "seconds_this_run": outcome.seconds,
+    })
+    return outcome
+
+
+def _load_data(cfg: SearchConfig) -> Any:
+    return load_data_for(cfg.data, cfg.data_root, cfg.image_size)
+
+
+def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Arch], Result], tuple[int, int, int], int, Any]:
+    if cfg.evaluator == "table":
+        from nasforge.evaluators.table import NB201Table
+
+        # The table's networks are CIFAR-10 networks: constraints are measured on that input.
+        return NB201Table(space, str(cfg.table)), (3, 32, 32), 10, None
+    from nasforge.data import nb201_cifar10_valid_split, split_train_valid
+    from nasforge.evaluators.train import TrainEvaluator
+    from nasforge.train.recipes import get_recipe
+
+    data = _load_data(cfg)
+    pool = data.train
+    if cfg.train_subset is not None and cfg.train_subset < len(pool):  # type: ignore[arg-type]
+        pool, _ = split_train_valid(pool, 1.0 - cfg.train_subset / len(pool), seed=cfg.seed)  # type: ignore[arg-type]
+    if cfg.split == "nb201":
+        train_set, valid_set = nb201_cifar10_valid_split(data)
+    else:
+        train_set, valid_set = split_train_valid(pool, cfg.valid_fraction, seed=cfg.seed)
+    recipe = get_recipe(cfg.recipe, **cfg.recipe_overrides)
+    evaluator = TrainEvaluator(
+        space, train_set, valid_set, recipe=recipe, input_shape=data.input_shape(), num_classes=data.num_classes,
+        build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device,
+    )
+    return evaluator, data.input_shape(), data.num_classes, data
+
+
+# ---- train one architecture and export it -----------------------------------------------------
+
+
+def train_and_export(
+    space: SearchSpace, arch: Arch, data: Any, *, recipe_name: str, overrides: dict[str, Any],
+    build_kwargs: dict[str, Any], seed: int, device: str, out: Path, progress: bool,
+    log: Callable[[str], None] = print, onnx: bool = True,
+) -> dict[str, Any]:
+    """Train ``arch`` from scratch on ``data.train``, test on ``data.test``, export to ``out/model``.
+
+    Checkpoints go to ``out/final``; rerunning after an interruption resumes the training.
+    """
+    import torch
+
+    from nasforge.export import export_onnx, save_model
+    from nasforge.hardware.cost import measure
+    from nasforge.train.recipes import get_recipe
+    from nasforge.train.trainer import train
+
+    recipe = get_recipe(recipe_name, **overrides)
+    torch.manual_seed(seed)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.input_shape()[0], **build_kwargs}
+    net = space.build(arch, **kwargs)
+    cost = measure(net, data.input_shape())
+    log(f"training {space.format(arch)} for {recipe.epochs} epoch(s) ({recipe_name} recipe)")
+    result = train(
+        net, data.train, recipe, eval_set=data.test, checkpoint_dir=out / "final",
+        meta={"arch": space.format(arch), "space": space.name}, seed=seed, device=device, progress=progress,
+    )
+    model_dir = save_model(net, out / "model", space=space, arch=arch, build_kwargs=kwargs)
+    onnx_path = None
+    if onnx:
+        onnx_path = export_onnx(net, model_dir / "model.onnx", data.input_shape())
+    last = result.history[-1]
+    return {
+        "arch": space.format(arch),
+        "test_acc": float(last["eval_acc"]),
+        "test_loss": float(last["eval_loss"]),
+        "train_acc": float(last["train_acc"]),
+        "epochs": recipe.epochs,
+        "recipe": recipe.to_dict(),
+        **cost.as_dict(),
+        "model_dir": str(model_dir),
+        "onnx": str(onnx_path) if onnx_path else None,
+        "history": result.history,
+    }
+
+
+# ---- train (the `train` command) -------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Train one architecture from scratch. Field comments are the ``--help`` texts."""
+
+    arch: str = ""  # architecture text in the space's format
+    space: str = "nb201"
+    space_kwargs: dict[str, Any] = field(default_factory=dict)
+    build_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    data_root: str | None = None
+    image_size: int | None = None
+    recipe: str = "quick"
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    out: str = "runs/train"
+    device: str = "cpu"
+    onnx: bool = True
+
+    RESUMABLE = ("out", "device", "onnx")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"unknown train option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg.arch`` on ``cfg.data`` and export it to ``cfg.out/model``; resumable."""
+    from nasforge import get_space
+    from nasforge.train.recipes import get_recipe
+
+    require_choice("space", cfg.space, registry.names("space"))
+    if not cfg.arch:
+        raise ConfigError("train needs --arch (an architecture string of the space)")
+    space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
+    arch = space.parse(cfg.arch)
+    get_recipe(cfg.recipe, **cfg.recipe_overrides)  # validate before touching the run directory
+    out = Path(cfg.out)
+    prepare_run_dir(out, {**cfg.to_dict(), "arch": space.format(arch)}, TrainConfig.RESUMABLE)
+    data = load_data_for(cfg.data, cfg.data_root, cfg.image_size)
+    final = train_and_export(
+        space, arch, data, recipe_name=cfg.recipe, overrides=cfg.recipe_overrides, build_kwargs=cfg.build_kwargs,
+        seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log, onnx=cfg.onnx,
+    )
+    _write_json(out / "results.json", {"kind": "train", "config": cfg.to_dict(), "final": final})
+    return final
+
+
+def load_data_for(name: str, root: str | None, image_size: int | None) -> Any:
+    from nasforge.data import load_data
+
+    return load_data(name, root, image_size=image_size)
