@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[ns.command](ns)
     except KeyboardInterrupt as e:  # includes SearchInterrupted
-        msg = str(e) or "interrupted"
+        msg = str(e) or "interrupted; finished work is saved. Rerun the same command to resume."
         print(f"\n{msg}", file=sys.stderr)
         return 130
     except NasforgeError as e:

@@ -79,6 +79,8 @@ class SearchConfig:
         require_choice("method", self.method, registry.names("method"))
         require_choice("space", self.space, registry.names("space"))
         require_choice("evaluator", self.evaluator, EVALUATORS)
+        if self.evaluator == "train":
+            require_choice("dataset", self.data, registry.names("dataset"))
         require_choice("split", self.split, SPLITS)
         if not isinstance(self.trials, int) or self.trials <= 0:
             raise BudgetError(f"trials must be a positive integer, got {self.trials!r}")
@@ -304,10 +306,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
                 result = evaluator(arch)
             except KeyboardInterrupt:
                 study.fail(trial, "interrupted")
-                raise SearchInterrupted(
-                    f"interrupted during trial {trial.number}; {n_done} finished trial(s) are saved in {out}. "
-                    "Rerun the same command to resume."
-                ) from None
+                raise
             except Exception as e:
                 study.fail(trial, f"{type(e).__name__}: {e}")
                 raise
@@ -323,6 +322,10 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({objective[0]: f"{best.metrics.get(objective[0], float('nan')):.4g}"})
+    except KeyboardInterrupt:
+        raise SearchInterrupted(
+            f"interrupted; {n_done} finished trial(s) are saved in {out}. Rerun the same command to resume."
+        ) from None
     finally:
         if bar is not None:
             bar.close()

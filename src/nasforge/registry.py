@@ -16,13 +16,14 @@ from nasforge.errors import UnknownNameError
 T = TypeVar("T")
 
 # kind -> name -> object
-_REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "proxy": {}}
+_REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "proxy": {}, "dataset": {}}
 
 # kind -> modules that register entries of that kind (imported on first lookup)
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "space": ("nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet"),
     "method": ("nasforge.searchers.random_search", "nasforge.searchers.evolution"),
     "proxy": (),
+    "dataset": ("nasforge.data.datasets",),
 }
 
 

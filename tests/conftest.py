@@ -1,0 +1,20 @@
+"""Shared fixtures. ``data_kit``: the real-data kit (``../shared/data`` or $NASFORGE_DATA_KIT)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+KIT_ENV = "NASFORGE_DATA_KIT"
+DEFAULT_KIT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_kit() -> Path:
+    """The data kit directory; skips the test when it is absent."""
+    kit = Path(os.environ[KIT_ENV]) if os.environ.get(KIT_ENV) else DEFAULT_KIT
+    if not kit.is_dir():
+        pytest.skip(f"data kit not found at {kit} (set ${KIT_ENV} to its path)")
+    return kit
