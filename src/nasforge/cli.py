@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate an exported model on a data set's test split")
     p.add_argument("model_dir", help="directory written by search/train (RUN/model)")
     _data_options(p)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
     sub.add_parser("spaces", help="list the search spaces with their papers")
     sub.add_parser("methods", help="list the search methods with their papers")

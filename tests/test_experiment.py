@@ -1,0 +1,132 @@
+"""The search loop: durable trials, resumption by replay, run-directory checks, constraints."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from nasforge.errors import BudgetError, ConfigError, IncompatibleRunError, UnknownNameError
+from nasforge.evaluators.train import TrainEvaluator
+from nasforge.experiment import (
+    SearchConfig,
+    SearchInterrupted,
+    parse_constraint,
+    parse_objective,
+    run_search,
+)
+
+import _toy  # noqa: F401  (registers the toy_test space)
+
+
+def _cfg(tmp_path, **kw) -> SearchConfig:
+    base = dict(space="toy_test", method="evolution", method_kwargs={"population_size": 3, "sample_size": 2},
+                data="digits", trials=6, recipe="quick", recipe_overrides={"epochs": 1},
+                final_train=False, out=str(tmp_path / "run"), seed=0)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _trials(run_dir):
+    res = json.loads((run_dir / "results.json").read_text())
+    return [(t["arch"], round(t["fitness"], 6)) for t in res["trials"]]
+
+
+def test_search_records_every_trial_and_writes_results(tmp_path):
+    out = run_search(_cfg(tmp_path), progress=False, log=lambda s: None)
+    assert out.trials == 6
+    res = json.loads((out.run_dir / "results.json").read_text())
+    assert len(res["trials"]) == 6
+    assert res["best"]["fitness"] == max(t["fitness"] for t in res["trials"])
+    for t in res["trials"]:
+        assert 0.0 <= t["metrics"]["val_acc"] <= 100.0 and t["metrics"]["params"] > 0 and t["metrics"]["flops"] > 0
+    assert json.loads((out.run_dir / "config.json").read_text())["trials"] == 6
+    # the study is a real Optuna SQLite database
+    con = sqlite3.connect(out.run_dir / "study.db")
+    assert con.execute("select count(*) from trials where state='COMPLETE'").fetchone()[0] == 6
+
+
+def test_interrupted_search_resumes_without_losing_or_repeating_trials(tmp_path, monkeypatch):
+    straight = run_search(_cfg(tmp_path / "a"), progress=False, log=lambda s: None)
+    expected = _trials(straight.run_dir)
+
+    real_call = TrainEvaluator.__call__
+    calls = {"n": 0}
+
+    def flaky(self, arch):
+        calls["n"] += 1
+        if calls["n"] == 4:  # Ctrl-C while the 4th trial trains
+            raise KeyboardInterrupt
+        return real_call(self, arch)
+
+    monkeypatch.setattr(TrainEvaluator, "__call__", flaky)
+    cfg = _cfg(tmp_path / "b")
+    with pytest.raises(SearchInterrupted, match="3 finished trial"):
+        run_search(cfg, progress=False, log=lambda s: None)
+    monkeypatch.setattr(TrainEvaluator, "__call__", real_call)
+    logs: list[str] = []
+    resumed = run_search(cfg, progress=False, log=logs.append)
+    assert any("3 finished trial(s) kept" in line for line in logs)
+    assert resumed.resumed_trials == 3
+    # same trials, same order, same fitness as the uninterrupted run; the interrupted one is FAIL
+    assert _trials(resumed.run_dir) == expected
+    res = json.loads((resumed.run_dir / "results.json").read_text())
+    assert res["study"]["counts"] == {"COMPLETE": 6, "FAIL": 1}
+
+
+def test_more_trials_extend_a_finished_search(tmp_path):
+    run_search(_cfg(tmp_path, trials=4), progress=False, log=lambda s: None)
+    out = run_search(_cfg(tmp_path, trials=6), progress=False, log=lambda s: None)
+    assert out.resumed_trials == 4 and out.trials == 6
+
+
+def test_incompatible_run_directory_is_refused_and_left_intact(tmp_path):
+    run_search(_cfg(tmp_path, trials=3), progress=False, log=lambda s: None)
+    db = (tmp_path / "run" / "study.db").read_bytes()
+    cfg_text = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(IncompatibleRunError, match="seed=0.*seed=1"):
+        run_search(_cfg(tmp_path, seed=1), progress=False, log=lambda s: None)
+    assert (tmp_path / "run" / "study.db").read_bytes() == db
+    assert (tmp_path / "run" / "config.json").read_text() == cfg_text
+
+
+def test_cost_constraint_excludes_large_architectures(tmp_path):
+    # toy widths a=4, b=8, c=16: with params <= 1,200 the c-c-c network (>3k params) cannot appear
+    out = run_search(_cfg(tmp_path, method="random", method_kwargs={}, constraints=["params<=1200"]), progress=False, log=lambda s: None)
+    res = json.loads((out.run_dir / "results.json").read_text())
+    assert all(t["metrics"]["params"] <= 1200 for t in res["trials"])
+
+
+def test_impossible_constraint_is_a_budget_error(tmp_path):
+    with pytest.raises(BudgetError, match="params<=10"):
+        run_search(_cfg(tmp_path, constraints=["params<=10"]), progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize(
+    "kw,err,match",
+    [
+        ({"trials": 0}, BudgetError, "trials must be a positive integer, got 0"),
+        ({"method": "nope"}, UnknownNameError, "unknown method 'nope'.*evolution"),
+        ({"space": "nope"}, UnknownNameError, "unknown space 'nope'.*nb201"),
+        ({"evaluator": "table"}, ConfigError, "needs --table"),
+        ({"objective": "val acc"}, ConfigError, "bad objective"),
+        ({"constraints": ["params<<3"]}, ConfigError, "bad constraint"),
+        ({"valid_fraction": 1.5}, ConfigError, "valid_fraction"),
+    ],
+)
+def test_bad_search_options(tmp_path, kw, err, match):
+    with pytest.raises(err, match=match):
+        run_search(_cfg(tmp_path, **kw), progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # nothing written for a refused config
+
+
+def test_objective_and_constraint_parsing():
+    assert parse_objective("val_acc") == ("val_acc", 1)
+    assert parse_objective("params") == ("params", -1)
+    assert parse_objective("max:params") == ("params", 1)
+    c = parse_constraint("params <= 1.5M")
+    assert (c.metric, c.op, c.bound) == ("params", "<=", 1.5e6) and c.ok(1e6) and not c.ok(2e6)
+    assert parse_constraint("hwnb_pixel3_latency_ms<3").bound == 3.0
+    with pytest.raises(BudgetError, match="never be met"):
+        parse_constraint("flops<=0")
