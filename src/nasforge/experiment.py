@@ -375,12 +375,15 @@ def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Ar
     from nasforge.train.recipes import get_recipe
 
     data = _load_data(cfg)
-    pool = data.train
-    if cfg.train_subset is not None and cfg.train_subset < len(pool):  # type: ignore[arg-type]
-        pool, _ = split_train_valid(pool, 1.0 - cfg.train_subset / len(pool), seed=cfg.seed)  # type: ignore[arg-type]
     if cfg.split == "nb201":
         train_set, valid_set = nb201_cifar10_valid_split(data)
+        if cfg.train_subset is not None:  # a reduced budget: the same share of each half
+            train_set = _stratified_subset(train_set, cfg.train_subset // 2, cfg.seed)
+            valid_set = _stratified_subset(valid_set, cfg.train_subset - cfg.train_subset // 2, cfg.seed)
     else:
+        pool = data.train
+        if cfg.train_subset is not None:
+            pool = _stratified_subset(pool, cfg.train_subset, cfg.seed)
         train_set, valid_set = split_train_valid(pool, cfg.valid_fraction, seed=cfg.seed)
     recipe = get_recipe(cfg.recipe, **cfg.recipe_overrides)
     evaluator = TrainEvaluator(
@@ -388,6 +391,16 @@ def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Ar
         build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device,
     )
     return evaluator, data.input_shape(), data.num_classes, data
+
+
+def _stratified_subset(dataset: Any, size: int, seed: int) -> Any:
+    """``size`` items of ``dataset``, class-balanced, deterministic per seed (all if it is smaller)."""
+    from nasforge.data import split_train_valid
+
+    if size >= len(dataset):
+        return dataset
+    keep, _ = split_train_valid(dataset, 1.0 - size / len(dataset), seed=seed)
+    return keep
 
 
 # ---- train one architecture and export it -----------------------------------------------------

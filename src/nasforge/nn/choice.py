@@ -15,15 +15,15 @@ key to selection. There is no global or context state: the path is an argument.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Union
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
 from nasforge.errors import ArchError
 
-Selection = Union[str, torch.Tensor]
-Path = Mapping[str, Selection]
+Selection: TypeAlias = "str | torch.Tensor"
+Path: TypeAlias = "Mapping[str, Selection]"
 
 
 class Choice(nn.Module):

@@ -38,7 +38,7 @@ class SearchSpace(abc.ABC):
     def decisions(self) -> dict[str, tuple[str, ...]]:
         """Ordered mapping decision -> its options (the canonical order of ``Arch.choices``)."""
 
-    def check(self, arch: Arch) -> None:
+    def check(self, arch: Arch) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Raise :class:`ArchError` if the options, although each valid, do not combine.
 
         The default accepts every combination. Override in spaces with structural rules.
