@@ -65,7 +65,8 @@ CONCAT: tuple[int, ...] = (2, 3, 4, 5)  # nodes whose outputs a cell concatenate
 # Published genotypes in canonical form (format(parse(reference)) of each). The ones of the
 # reference repositories (copied verbatim into tests/test_space_darts.py) list some pairs with
 # the higher input first and write the concat as [2, 3, 4, 5]; parse accepts both.
-#: DARTS first-order cell (quark0/darts ``genotypes.DARTS_V1``), 3.3M params with C=36, 20 layers.
+#: DARTS first-order cell (quark0/darts ``genotypes.DARTS_V1``): 3,169,414 params at C=36, 20 layers
+#: as counted here (the paper rounds it to 3.3M; our DARTS-V2 count equals the reference log exactly).
 DARTS_V1 = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), "
     "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
