@@ -43,7 +43,7 @@ def main() -> None:
     if diffs:
         diffs.sort(reverse=True)
         print(f"max |ours - table|: {diffs[0][0]:.6f} M")
-        for d, text, ours, tab in diffs[:5]:
+        for _d, text, ours, tab in diffs[:5]:
             print(f"  {text}  ours {ours:.6f}  table {tab:.6f}")
     print(f"({time.perf_counter() - t:.0f} s)")
 
