@@ -127,3 +127,22 @@ def test_ctrl_c_then_rerun_resumes_the_search(tmp_path):
     after = _completed(out / "study.db")
     assert len(after) == 8 and after[: len(before)] == before
     assert (out / "model" / "model.safetensors").exists() and (out / "model" / "model.onnx").exists()
+
+
+def test_train_then_evaluate_then_show(tmp_path, capsys):
+    arch = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+    out = tmp_path / "t"
+    argv = ["train", "--space", "nb201", "--arch", arch, "--build-opt", "C=4", "--build-opt", "N=1",
+            "--epochs", "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["final"]["arch"] == arch and len(res["final"]["history"]) == 2
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model")]) == 0
+    # the exported model reproduces the final test accuracy
+    assert f"test accuracy {res['final']['test_acc']:.2f}%" in capsys.readouterr().out
+    assert main(["show", str(out)]) == 0
+    assert arch in capsys.readouterr().out
+    # rerunning a finished training resumes it (no epochs left) and changes nothing
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["final"]["test_acc"] == res["final"]["test_acc"]

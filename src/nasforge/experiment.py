@@ -275,7 +275,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
 
     searcher_cls = registry.get("method", cfg.method)
     searcher: Searcher = searcher_cls(space, seed=cfg.seed, **cfg.method_kwargs)
-    study = Study(cfg.storage or out / "study.db")
+    # An external storage (e.g. PostgreSQL) may hold many searches: name the study by its run directory.
+    study = Study(cfg.storage, name=f"nasforge:{out.resolve()}") if cfg.storage else Study(out / "study.db")
     interrupted = study.recover_interrupted()
     done = study.completed()
     n_resumed = len(done)

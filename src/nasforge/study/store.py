@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
 from nasforge.errors import ConfigError
 
@@ -53,8 +54,9 @@ class Study:
             self._study = optuna.create_study(
                 storage=url, study_name=name, direction="maximize", load_if_exists=True
             )
-        except (ImportError, ValueError) as e:  # bad URL or missing DB driver
-            raise ConfigError(f"cannot open study storage {url!r}: {e}") from e
+        except (ImportError, ValueError, SQLAlchemyError) as e:  # bad URL, missing driver, server down
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot open study storage {url!r}: {first}") from e
         self.name = name
 
     def recover_interrupted(self) -> int:
