@@ -15,7 +15,7 @@ import pytest
 
 from nasforge.cli import build_parser, main
 
-COMMANDS = ["search", "train", "evaluate", "spaces", "methods", "show"]
+COMMANDS = ["search", "train", "evaluate", "spaces", "methods", "proxies", "show"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -130,3 +130,21 @@ def test_objective_and_constraint_parsing():
     assert parse_constraint("hwnb_pixel3_latency_ms<3").bound == 3.0
     with pytest.raises(BudgetError, match="never be met"):
         parse_constraint("flops<=0")
+
+
+def test_proxy_search_scores_untrained_networks_and_retrains_the_best(tmp_path):
+    cfg = SearchConfig(space="nb201", method="random", evaluator="proxy", proxy="synflow", data="digits", trials=5,
+                       build_kwargs={"C": 4, "N": 1}, final_overrides={"epochs": 1}, out=str(tmp_path / "run"))
+    assert cfg.resolved_objective() == "max:synflow"
+    out = run_search(cfg, progress=False, log=lambda s: None)
+    res = json.loads((out.run_dir / "results.json").read_text())
+    scores = [t["metrics"]["synflow"] for t in res["trials"]]
+    assert res["best"]["metrics"]["synflow"] == max(scores)
+    assert res["final"] is not None and res["final"]["arch"] == res["best"]["arch"]
+
+
+def test_proxy_evaluator_needs_a_known_proxy(tmp_path):
+    with pytest.raises(ConfigError, match="needs --proxy"):
+        run_search(_cfg(tmp_path, evaluator="proxy"), progress=False, log=lambda s: None)
+    with pytest.raises(UnknownNameError, match="unknown proxy 'zen2'"):
+        run_search(_cfg(tmp_path, evaluator="proxy", proxy="zen2"), progress=False, log=lambda s: None)

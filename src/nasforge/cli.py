@@ -112,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     _space_options(p)
     _data_options(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--evaluator", default=S, choices=("train", "table"),
-                   help="train each candidate (default) or look it up in the NB201 table (--table)")
+    g.add_argument("--evaluator", default=S, choices=("train", "table", "proxy"),
+                   help="train each candidate (default), look it up in the NB201 table (--table), "
+                        "or score it untrained with a zero-cost proxy (--proxy)")
     g.add_argument("--table", default=S, help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz)")
+    g.add_argument("--proxy", default=S, help="zero-cost proxy for --evaluator proxy (see `nasforge proxies`)")
+    g.add_argument("--proxy-batch-size", type=int, default=S, help="images in the proxy's scoring batch (default 64)")
     g.add_argument("--split", default=S, choices=("random", "nb201"),
                    help="validation split: random stratified (default) or nb201 (CIFAR-10 25k/25k)")
     g.add_argument("--valid-fraction", type=float, default=S, help="share of training images held out (default 0.5)")
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=S, help="epochs of training per candidate (recipe override)")
     g = p.add_argument_group("budget and objective")
     g.add_argument("--trials", type=int, default=S, help="number of finished trials to reach (default 20)")
-    g.add_argument("--objective", default=S, help="metric to optimise: val_acc (default), min:params, ...")
+    g.add_argument("--objective", default=S,
+                   help="metric to optimise: val_acc (default; the proxy with --evaluator proxy), min:params, ...")
     g.add_argument("--constraint", dest="constraints", action="append", default=S, metavar="EXPR",
                    help="hard limit, e.g. params<=200k or flops<=5M (repeatable)")
     g = p.add_argument_group("final training")
@@ -159,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("spaces", help="list the search spaces with their papers")
     sub.add_parser("methods", help="list the search methods with their papers")
+    sub.add_parser("proxies", help="list the zero-cost proxies with their papers")
+
+    p = sub.add_parser("bench", help="reproduce published benchmark numbers")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    b = bench.add_parser("proxies", help="zero-cost proxies vs NAS-Bench-201 (Spearman / Kendall with bootstrap CIs)",
+                         description="Score NB201 cells with zero-cost proxies and correlate with the table's CIFAR-10 "
+                                     "test accuracy. Resumable: scores are appended to OUT/<proxy>.jsonl.")
+    b.add_argument("--table", required=True, help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz)")
+    b.add_argument("--data-root", default=None,
+                   help="CIFAR-10 official batches for data-dependent proxies (without it only data-free ones run)")
+    b.add_argument("--out", default="runs/bench/nb201_proxies", help="directory for scores and summary.md")
+    b.add_argument("--proxies", default=None, help="comma-separated proxy names (default: all)")
+    b.add_argument("--sample", type=int, default=1000, help="cells for data-dependent proxies (0 = all 15,625)")
+    b.add_argument("--all-cells", default="", help="comma-separated data-dependent proxies to run on all cells")
+    b.add_argument("--sampled", default="", help="comma-separated data-free proxies to run on the sample only")
+    b.add_argument("--batch-size", type=int, default=64, help="images in the scoring batch (default 64)")
+    b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the sample, the batch and every network (default 0)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("show", help="print a run's results")
     p.add_argument("run_dir", help="run directory of a search or train command")
@@ -248,6 +271,29 @@ def cmd_methods(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxies(ns: argparse.Namespace) -> int:
+    from nasforge import registry
+
+    rows = []
+    for name in registry.names("proxy"):
+        p = registry.get("proxy", name)
+        data = "labels" if getattr(p, "needs_labels", False) else ("inputs" if getattr(p, "needs_data", False) else "none")
+        rows.append([name, data, getattr(p, "paper", "")])
+    _print_rows(["proxy", "data needed", "paper"], rows)
+    return 0
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from nasforge.bench.proxies import DATA_DEFAULT, DATA_FREE_DEFAULT, run_benchmark
+
+    proxies = [p.strip() for p in ns.proxies.split(",") if p.strip()] if ns.proxies else [*DATA_FREE_DEFAULT, *DATA_DEFAULT]
+    all_cells = [p.strip() for p in ns.all_cells.split(",") if p.strip()]
+    sampled = [p.strip() for p in ns.sampled.split(",") if p.strip()]
+    print(run_benchmark(ns.table, ns.data_root, ns.out, proxies=proxies, sample=ns.sample, all_cells=all_cells,
+                        sampled=sampled, batch_size=ns.batch_size, seed=ns.seed, bootstrap=ns.bootstrap, progress=not ns.no_progress))
+    return 0
+
+
 def cmd_show(ns: argparse.Namespace) -> int:
     path = Path(ns.run_dir) / "results.json"
     if not path.is_file():
@@ -263,16 +309,19 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 
 def _print_search_summary(res: dict[str, Any], top: int) -> None:
+    from nasforge.experiment import parse_objective
+
     cfg = res["config"]
+    objective = res.get("objective") or cfg.get("objective") or "val_acc"
+    metric = parse_objective(objective)[0]
     trials = sorted(res["trials"], key=lambda t: -t["fitness"])[:top]
-    print(f"\n{cfg['method']} on {cfg['space']} / {cfg['data']}: {len(res['trials'])} trials, "
-          f"objective {cfg['objective']}")
+    print(f"\n{cfg['method']} on {cfg['space']} / {cfg['data']}: {len(res['trials'])} trials, objective {objective}")
     rows = []
     for t in trials:
         m = t["metrics"]
-        rows.append([str(t["number"]), t["arch"], f"{m.get('val_acc', float('nan')):.2f}",
+        rows.append([str(t["number"]), t["arch"], f"{m.get(metric, float('nan')):.4g}",
                      f"{m.get('params', float('nan')):,.0f}", f"{m.get('flops', float('nan')):,.0f}"])
-    _print_rows(["trial", "architecture", "val acc %", "params", "FLOPs"], rows)
+    _print_rows(["trial", "architecture", "val acc %" if metric == "val_acc" else metric, "params", "FLOPs"], rows)
     final = res.get("final")
     if final:
         print("\nbest architecture, retrained on the full training set:")
@@ -294,7 +343,8 @@ def _print_rows(header: list[str], rows: list[list[str]]) -> None:
 
 
 COMMANDS = {"search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate,
-            "spaces": cmd_spaces, "methods": cmd_methods, "show": cmd_show}
+            "spaces": cmd_spaces, "methods": cmd_methods, "proxies": cmd_proxies, "bench": cmd_bench,
+            "show": cmd_show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from nasforge.errors import BudgetError, ConfigError, IncompatibleRunError, Nasf
 from nasforge.searchers.base import Result, Searcher
 from nasforge.spaces.base import SearchSpace
 
-EVALUATORS = ("train", "table")
+EVALUATORS = ("train", "table", "proxy")
 SPLITS = ("random", "nb201")
 COST_METRICS = ("params", "flops", "macs")
 
@@ -57,11 +57,13 @@ class SearchConfig:
     split: str = "random"  # validation split for search: random (stratified) or nb201 (CIFAR-10 25k/25k)
     valid_fraction: float = 0.5  # share of the training set held out for validation (split=random)
     train_subset: int | None = None  # use only this many training images for the search (stratified)
-    evaluator: str = "train"  # train (from scratch) or table (NB201 lookup, needs --table)
+    evaluator: str = "train"  # train (from scratch), table (NB201 lookup, needs --table) or proxy (zero-cost, --proxy)
     table: str | None = None  # path of the NB201 table CSV for evaluator=table
+    proxy: str | None = None  # zero-cost proxy for evaluator=proxy: see `nasforge proxies`
+    proxy_batch_size: int = 64  # images in the fixed scoring batch of data-dependent proxies
     trials: int = 20  # number of finished trials to reach
     seed: int = 0  # seeds the searcher, data splits and every training run
-    objective: str = "val_acc"  # metric to optimise; prefix with max: or min: to set the direction
+    objective: str | None = None  # metric to optimise (default val_acc, or the proxy); max:/min: set the direction
     constraints: list[str] = field(default_factory=list)  # e.g. "params<=1e5", "flops<=2e6"
     recipe: str = "quick"  # training recipe for each candidate (see train/recipes.py)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"epochs": 3}
@@ -79,8 +81,6 @@ class SearchConfig:
         require_choice("method", self.method, registry.names("method"))
         require_choice("space", self.space, registry.names("space"))
         require_choice("evaluator", self.evaluator, EVALUATORS)
-        if self.evaluator == "train":
-            require_choice("dataset", self.data, registry.names("dataset"))
         require_choice("split", self.split, SPLITS)
         if not isinstance(self.trials, int) or self.trials <= 0:
             raise BudgetError(f"trials must be a positive integer, got {self.trials!r}")
@@ -90,9 +90,22 @@ class SearchConfig:
             raise BudgetError(f"train_subset must be > 0, got {self.train_subset!r}")
         if self.evaluator == "table" and not self.table:
             raise ConfigError("evaluator 'table' needs --table PATH (the NB201 results CSV)")
-        parse_objective(self.objective)
+        if self.evaluator == "proxy":
+            if not self.proxy:
+                raise ConfigError(f"evaluator 'proxy' needs --proxy NAME; valid: {', '.join(registry.names('proxy'))}")
+            require_choice("proxy", self.proxy, registry.names("proxy"))
+            if self.proxy_batch_size <= 0:
+                raise BudgetError(f"proxy_batch_size must be > 0, got {self.proxy_batch_size!r}")
+        if self.evaluator in ("train", "proxy"):
+            require_choice("dataset", self.data, registry.names("dataset"))
+        parse_objective(self.resolved_objective())
         for c in self.constraints:
             parse_constraint(c)
+
+    def resolved_objective(self) -> str:
+        if self.objective:
+            return self.objective
+        return f"max:{self.proxy}" if self.evaluator == "proxy" else "val_acc"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,14 +127,16 @@ _MAXIMISE_HINTS = ("acc", "score", "reward")
 def parse_objective(text: str) -> tuple[str, int]:
     """``"val_acc"`` -> ("val_acc", +1); ``"min:params"`` -> ("params", -1).
 
-    Without a prefix, metrics whose name contains acc/score/reward are maximised, others minimised.
+    Without a prefix, zero-cost proxy scores and metrics whose name contains acc/score/reward are
+    maximised, others minimised.
     """
     m = re.fullmatch(r"\s*(?:(max|min):)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*", text)
     if not m:
         raise ConfigError(f"bad objective {text!r}; expected METRIC, max:METRIC or min:METRIC")
     direction, metric = m.groups()
     if direction is None:
-        direction = "max" if any(h in metric for h in _MAXIMISE_HINTS) else "min"
+        proxies = set(registry.names("proxy")) - set(COST_METRICS)
+        direction = "max" if metric in proxies or any(h in metric for h in _MAXIMISE_HINTS) else "min"
     return metric, (1 if direction == "max" else -1)
 
 
@@ -267,7 +282,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     out = Path(cfg.out)
     resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
     space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
-    objective = parse_objective(cfg.objective)
+    objective = parse_objective(cfg.resolved_objective())
     constraints = [parse_constraint(c) for c in cfg.constraints]
 
     evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
@@ -335,7 +350,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     best_arch = space.parse(best.arch)
 
     final: dict[str, Any] | None = None
-    if cfg.final_train if cfg.final_train is not None else cfg.evaluator == "train":
+    if cfg.final_train if cfg.final_train is not None else cfg.evaluator != "table":
         if data is None:
             data = _load_data(cfg)
         final = train_and_export(
@@ -351,6 +366,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     _write_json(out / "results.json", {
         "kind": "search",
         "config": cfg.to_dict(),
+        "objective": cfg.resolved_objective(),
         "space_config": space.config(),
         "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics},
         "final": final,
@@ -376,6 +392,14 @@ def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Ar
     from nasforge.train.recipes import get_recipe
 
     data = _load_data(cfg)
+    if cfg.evaluator == "proxy":
+        from nasforge.evaluators.proxy import ProxyEvaluator
+
+        proxy_eval = ProxyEvaluator(
+            space, str(cfg.proxy), dataset=data.train, input_shape=data.input_shape(), num_classes=data.num_classes,
+            batch_size=cfg.proxy_batch_size, build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device,
+        )
+        return proxy_eval, data.input_shape(), data.num_classes, data
     if cfg.split == "nb201":
         train_set, valid_set = nb201_cifar10_valid_split(data)
         if cfg.train_subset is not None:  # a reduced budget: the same share of each half

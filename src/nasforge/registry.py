@@ -20,9 +20,12 @@ _REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "proxy": {}
 
 # kind -> modules that register entries of that kind (imported on first lookup)
 _PROVIDERS: dict[str, tuple[str, ...]] = {
-    "space": ("nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet"),
-    "method": ("nasforge.searchers.random_search", "nasforge.searchers.evolution"),
-    "proxy": (),
+    "space": (
+        "nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet",
+        "nasforge.spaces.randwire", "nasforge.spaces.zennas",
+    ),
+    "method": ("nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas"),
+    "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),
 }
 

@@ -1,0 +1,1 @@
+"""Benchmarks that reproduce published numbers (run by `nasforge bench ...` and `benchmarks/`)."""
