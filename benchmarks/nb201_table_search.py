@@ -17,20 +17,9 @@ import time
 from pathlib import Path
 
 from nasforge import get_space
-from nasforge.evaluators.table import NB201Table
+from nasforge.evaluators.table import NB201Table, best_test_after
 from nasforge.searchers.evolution import RegularizedEvolution
 from nasforge.searchers.random_search import RandomSearch
-
-
-def run(table: NB201Table, searcher, queries: int) -> float:
-    best_val, best_test = -1.0, 0.0
-    for _ in range(queries):
-        arch = searcher.ask()
-        m = table(arch).metrics
-        if m["val_acc"] > best_val:
-            best_val, best_test = m["val_acc"], m["test_acc"]
-        searcher.tell(arch, m["val_acc"])
-    return best_test
 
 
 def main() -> None:
@@ -48,7 +37,7 @@ def main() -> None:
         ("random search", lambda s: RandomSearch(space, seed=s)),
         ("regularized evolution P=10 S=3", lambda s: RegularizedEvolution(space, seed=s, population_size=10, sample_size=3)),
     ):
-        accs = [run(table, make(s), args.queries) for s in range(args.seeds)]
+        accs = [best_test_after(table, make(s), args.queries) for s in range(args.seeds)]
         print(f"{label:34s} {statistics.mean(accs):7.2f} {statistics.stdev(accs):6.2f} {min(accs):7.2f} {max(accs):7.2f}")
     print(f"table optimum: {table.best('test_acc')[1]:.2f}   ({time.perf_counter() - t:.1f} s)")
 

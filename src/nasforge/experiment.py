@@ -112,11 +112,15 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ConfigError(f"unknown search option(s) {unknown}; valid: {', '.join(sorted(fields))}")
-        return cls(**d)
+        return cls(**_known_fields(cls, d, "search"))
+
+
+def _known_fields(cls: Any, d: dict[str, Any], what: str) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {unknown}; valid: {', '.join(sorted(fields))}")
+    return d
 
 
 # ---- objectives and constraints --------------------------------------------------------------
@@ -501,11 +505,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ConfigError(f"unknown train option(s) {unknown}; valid: {', '.join(sorted(fields))}")
-        return cls(**d)
+        return cls(**_known_fields(cls, d, "train"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nasforge.arch import Arch
 from nasforge.errors import DataError
-from nasforge.searchers.base import Result
+from nasforge.searchers.base import Result, Searcher
 from nasforge.spaces.base import SearchSpace
 
 _SEARCH_METRIC = "cifar10valid_valid_acc"
@@ -74,3 +74,16 @@ class NB201Table:
         """The table's optimum for ``metric`` (for regret plots and tests)."""
         key = max(self.rows, key=lambda k: self.rows[k][metric])
         return key, self.rows[key][metric]
+
+
+def best_test_after(table: NB201Table, searcher: Searcher, queries: int) -> float:
+    """Run ``searcher`` for ``queries`` table lookups on the validation accuracy; return the test
+    accuracy of the best-by-validation cell (the NB201 paper's reporting protocol)."""
+    best_val, best_test = -1.0, 0.0
+    for _ in range(queries):
+        arch = searcher.ask()
+        m = table(arch).metrics
+        if m["val_acc"] > best_val:
+            best_val, best_test = m["val_acc"], m["test_acc"]
+        searcher.tell(arch, m["val_acc"])
+    return best_test
