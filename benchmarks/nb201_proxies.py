@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--all-cells", default="", help="data-dependent proxies to run on all cells")
     ap.add_argument("--sampled", default="", help="data-free proxies to run on the sample only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest per cell for these tiny nets)")
+    ap.add_argument("--report-only", action="store_true", help="correlate the scores computed so far")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     import torch
@@ -45,6 +46,8 @@ def main() -> int:
         argv += ["--proxies", args.proxies]
     if args.no_progress:
         argv.append("--no-progress")
+    if args.report_only:
+        argv.append("--report-only")
     return cli_main(argv)
 
 

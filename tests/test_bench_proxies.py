@@ -84,3 +84,7 @@ def test_benchmark_end_to_end_on_data_free_proxies(tmp_path, data_kit):
     assert {s["proxy"] for s in summary} == {"params", "flops"}
     # on NB201, parameter count is a known, positively correlated baseline
     assert next(s for s in summary if s["proxy"] == "params")["spearman"] > 0.3
+    # the report of a finished (or partial) run recomputes the same table without scoring
+    again = run_benchmark(small, None, tmp_path / "out", proxies=["params", "flops"], bootstrap=20,
+                          progress=False, report_only=True, log=lambda s: None)
+    assert again.splitlines()[2:] == [line for line in text.splitlines()[2:]]

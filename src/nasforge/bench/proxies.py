@@ -125,6 +125,7 @@ def correlate(
     """Spearman rho and Kendall tau of scores vs truth on ``indices`` with percentile bootstrap 95% CIs."""
     from scipy.stats import kendalltau, rankdata, spearmanr
 
+    indices = [i for i in indices if i in scores]  # a partial run: the cells scored so far
     x = np.array([as_float(scores[i]["score"]) for i in indices], dtype=np.float64)
     y = np.array([truth[i] for i in indices], dtype=np.float64)
     # -inf (no path) ranks below every finite score; NaN is never produced by our proxies.
@@ -153,9 +154,11 @@ def rank_vote(scores: Sequence[dict[int, dict[str, Any]]], indices: Sequence[int
 
 
 def sample_indices(rows: Sequence[dict[str, Any]], sample: int, seed: int) -> list[int]:
+    """The seeded sample of cell indices, in random order: an interrupted run has scored a random
+    subset (a prefix of this list), not the low indices."""
     idx = [r["index"] for r in rows]
     if sample and sample < len(idx):
-        idx = sorted(random.Random(seed).sample(idx, sample))
+        idx = random.Random(seed).sample(idx, sample)
     return idx
 
 
@@ -182,7 +185,7 @@ VOTE = ("synflow", "jacob_cov", "snip")  # Abdelfattah et al.'s voting ensemble
 def run_benchmark(
     table: str | Path, data_root: str | Path | None, out: str | Path, *,
     proxies: Sequence[str] = DATA_FREE_DEFAULT + DATA_DEFAULT, sample: int = 1000, all_cells: Sequence[str] = (),
-    sampled: Sequence[str] = (),
+    sampled: Sequence[str] = (), report_only: bool = False,
     batch_size: int = 64, seed: int = 0, bootstrap: int = 1000, progress: bool = True, log: Callable[[str], None] = print,
 ) -> str:
     """Score, correlate, and return the markdown table; see the module docstring.
@@ -196,6 +199,7 @@ def run_benchmark(
         sample: cells scored by data-dependent proxies (0 = all).
         all_cells: data-dependent proxies to run on all cells anyway (e.g. ``naswot``).
         sampled: data-free proxies to run on the sample only (e.g. a slow ``zen``).
+        report_only: score nothing; correlate the scores already in ``out`` (for a partial run).
     """
     import torch
 
@@ -211,7 +215,7 @@ def run_benchmark(
     truth = {r["index"]: r["test_acc"] for r in rows}
     by_index = {r["index"]: r for r in rows}
     data_set = None
-    if data_root is not None:
+    if data_root is not None and not report_only:
         from nasforge.data import load_data
 
         data_set = load_data("cifar10", data_root).train
@@ -221,19 +225,25 @@ def run_benchmark(
     for name in proxies:
         proxy = get_proxy(name)
         needs_data = bool(getattr(proxy, "needs_data", True))
-        if needs_data and data_set is None:
+        if needs_data and data_set is None and not report_only:
             log(f"skipping {name}: it needs CIFAR-10 data (--data-root)")
             continue
         on_all = (not needs_data and name not in sampled) or name in all_cells
         indices = [r["index"] for r in rows] if on_all else sample_ids
-        inputs, targets = fixed_batch(data_set if needs_data else None, (3, 32, 32), batch_size, seed)
-        torch.set_grad_enabled(True)
-        scores = score_cells(name, [by_index[i] for i in indices], inputs, targets, out, seed=seed, progress=progress)
+        if report_only:
+            scores = load_scores(out / f"{name}.jsonl")
+            if not any(i in scores for i in indices):
+                continue
+        else:
+            inputs, targets = fixed_batch(data_set if needs_data else None, (3, 32, 32), batch_size, seed)
+            torch.set_grad_enabled(True)
+            scores = score_cells(name, [by_index[i] for i in indices], inputs, targets, out, seed=seed,
+                                 progress=progress)
         all_scores[name] = scores
         results.append(correlate(name, scores, truth, indices, bootstrap=bootstrap, seed=seed))
     vote = [p for p in VOTE if p in all_scores]
-    if len(vote) == len(VOTE):
-        common = [i for i in sample_ids if all(i in all_scores[p] for p in vote)]
+    common = [i for i in sample_ids if all(i in all_scores[p] for p in vote)]
+    if len(vote) == len(VOTE) and len(common) >= 10:
         results.append(correlate("vote(" + ",".join(vote) + ")", rank_vote([all_scores[p] for p in vote], common),
                                  truth, common, bootstrap=bootstrap, seed=seed))
     text = format_table(results, lambda p: f"{PAPER_SPEARMAN[p]:.2f}" if p in PAPER_SPEARMAN else "-")
