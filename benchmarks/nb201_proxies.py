@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--sampled", default="", help="data-free proxies to run on the sample only")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest per cell for these tiny nets)")
     ap.add_argument("--report-only", action="store_true", help="correlate the scores computed so far")
+    ap.add_argument("--workers", default="1", help="scoring processes (one per core is fastest)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     import torch
@@ -41,7 +42,7 @@ def main() -> int:
     if not (batches / "test_batch").exists():
         subprocess.run([sys.executable, str(kit / "cifar10" / "materialize.py"), "batches", args.cache], check=True)
     argv = ["bench", "proxies", "--table", str(kit / "nb201" / "nb201_table.csv.gz"), "--data-root", str(batches),
-            "--out", args.out, "--sample", args.sample, "--all-cells", args.all_cells, "--sampled", args.sampled]
+            "--out", args.out, "--sample", args.sample, "--all-cells", args.all_cells, "--sampled", args.sampled, "--workers", args.workers]
     if args.proxies:
         argv += ["--proxies", args.proxies]
     if args.no_progress:

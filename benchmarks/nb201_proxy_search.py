@@ -54,7 +54,8 @@ def main() -> None:
     table_path = Path(args.kit) / "nb201" / "nb201_table.csv.gz"
     rows = read_table(table_path)
     test = {r["index"]: r["test_acc"] for r in rows}
-    scores = {p.stem: load_scores(p) for p in sorted(Path(args.scores).glob("*.jsonl"))}
+    names = sorted({p.name.split(".")[0] for p in Path(args.scores).glob("*.jsonl")})
+    scores = {n: load_scores(Path(args.scores) / f"{n}.jsonl") for n in names}
     scores = {k: v for k, v in scores.items() if v}
     pool = sorted(set.intersection(*(set(v) for v in scores.values())))
     vote_members = [p for p in ("synflow", "jacob_cov", "snip") if p in scores]

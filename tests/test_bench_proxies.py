@@ -88,3 +88,13 @@ def test_benchmark_end_to_end_on_data_free_proxies(tmp_path, data_kit):
     again = run_benchmark(small, None, tmp_path / "out", proxies=["params", "flops"], bootstrap=20,
                           progress=False, report_only=True, log=lambda s: None)
     assert again.splitlines()[2:] == [line for line in text.splitlines()[2:]]
+
+
+def test_parallel_scoring_gives_the_same_scores_as_serial(tmp_path, data_kit):
+    rows = read_table(data_kit / "nb201" / "nb201_table.csv.gz")[:8]
+    x = torch.randn(1, 3, 32, 32)
+    small = {"C": 4, "N": 1}
+    serial = score_cells("synflow", rows, x, None, tmp_path / "a", progress=False, build_kwargs=small)
+    parallel = score_cells("synflow", rows, x, None, tmp_path / "b", progress=False, build_kwargs=small, workers=2)
+    assert {i: r["score"] for i, r in serial.items()} == {i: r["score"] for i, r in parallel.items()}
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["synflow.w0.jsonl", "synflow.w1.jsonl"]

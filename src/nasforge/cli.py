@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--all-cells", default="", help="comma-separated data-dependent proxies to run on all cells")
     b.add_argument("--sampled", default="", help="comma-separated data-free proxies to run on the sample only")
     b.add_argument("--report-only", action="store_true", help="score nothing: correlate the scores already in --out")
+    b.add_argument("--workers", type=int, default=1, help="scoring processes, one torch thread each (default 1)")
     b.add_argument("--batch-size", type=int, default=64, help="images in the scoring batch (default 64)")
     b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     b.add_argument("--seed", type=int, default=0, help="seed of the sample, the batch and every network (default 0)")
@@ -291,7 +292,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     all_cells = [p.strip() for p in ns.all_cells.split(",") if p.strip()]
     sampled = [p.strip() for p in ns.sampled.split(",") if p.strip()]
     print(run_benchmark(ns.table, ns.data_root, ns.out, proxies=proxies, sample=ns.sample, all_cells=all_cells,
-                        sampled=sampled, report_only=ns.report_only, batch_size=ns.batch_size, seed=ns.seed, bootstrap=ns.bootstrap, progress=not ns.no_progress))
+                        sampled=sampled, report_only=ns.report_only, workers=ns.workers,
+                        batch_size=ns.batch_size, seed=ns.seed, bootstrap=ns.bootstrap, progress=not ns.no_progress))
     return 0
 
 

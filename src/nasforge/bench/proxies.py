@@ -60,44 +60,39 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_scores(path: Path) -> dict[int, dict[str, Any]]:
-    """Scores already computed (``index -> record``); a torn last line from a kill is ignored."""
+    """Scores already computed (``index -> record``) in ``path`` and, for ``OUT/<proxy>.jsonl``,
+    in the per-worker shards ``OUT/<proxy>.w<k>.jsonl``; a torn line from a kill is ignored."""
     out: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
+    for file in [path, *sorted(path.parent.glob(f"{path.stem}.w*.jsonl"))]:
+        if not file.exists():
             continue
-        out[int(rec["index"])] = rec
+        for line in file.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            out[int(rec["index"])] = rec
     return out
 
 
-def score_cells(
-    proxy_name: str, rows: Sequence[dict[str, Any]], inputs: Any, targets: Any, out: Path, *,
-    seed: int = 0, progress: bool = True, build_kwargs: dict[str, Any] | None = None,
-) -> dict[int, dict[str, Any]]:
-    """Score ``rows`` with the proxy, appending to ``out/<proxy>.jsonl``; skips cells already there."""
+def _append_scores(
+    proxy_name: str, rows: Sequence[dict[str, Any]], inputs: Any, targets: Any, path: Path, seed: int,
+    build_kwargs: dict[str, Any] | None, threads: int | None = None, bar: Any = None,
+) -> None:
+    """Score ``rows`` one by one, appending a flushed JSON line per cell to ``path``."""
     import torch
 
     from nasforge import get_proxy, get_space
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     proxy = get_proxy(proxy_name)
     space = get_space("nb201")
-    path = out / f"{proxy_name}.jsonl"
-    done = load_scores(path)
-    todo = [r for r in rows if r["index"] not in done]
-    out.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=proxy_name, unit="cell")
     torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with path.open("a") as f:
         if torn:  # a kill mid-write left half a line: end it so the next record starts clean
             f.write("\n")
-        for r in todo:
+        for r in rows:
             t = time.perf_counter()
             torch.manual_seed(seed)
             net = space.build(space.parse(r["arch"]), num_classes=10, in_channels=3, **(build_kwargs or {}))
@@ -106,12 +101,47 @@ def score_cells(
                    "seconds": time.perf_counter() - t}
             f.write(json.dumps(rec) + "\n")
             f.flush()
-            done[r["index"]] = rec
             if bar is not None:
                 bar.update(1)
-    if bar is not None:
-        bar.close()
-    return done
+
+
+def score_cells(
+    proxy_name: str, rows: Sequence[dict[str, Any]], inputs: Any, targets: Any, out: Path, *,
+    seed: int = 0, progress: bool = True, build_kwargs: dict[str, Any] | None = None, workers: int = 1,
+) -> dict[int, dict[str, Any]]:
+    """Score ``rows`` with the proxy into ``out/<proxy>.jsonl``; skips cells already scored.
+
+    With ``workers > 1`` the remaining cells are split round-robin over that many processes
+    (one torch thread each: these networks are too small for intra-op parallelism to pay), each
+    appending to its own shard ``out/<proxy>.w<k>.jsonl``.
+    """
+    path = out / f"{proxy_name}.jsonl"
+    done = load_scores(path)
+    todo = [r for r in rows if r["index"] not in done]
+    out.mkdir(parents=True, exist_ok=True)
+    if workers <= 1 or len(todo) < 2 * workers:
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=proxy_name, unit="cell")
+        _append_scores(proxy_name, todo, inputs, targets, path, seed, build_kwargs, bar=bar)
+        if bar is not None:
+            bar.close()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_append_scores, proxy_name, todo[k::workers], inputs, targets,
+                            out / f"{proxy_name}.w{k}.jsonl", seed, build_kwargs, 1)
+                for k in range(workers)
+            ]
+            for fut in futures:
+                fut.result()
+    return load_scores(path)
 
 
 def as_float(score: Any) -> float:
@@ -185,7 +215,7 @@ VOTE = ("synflow", "jacob_cov", "snip")  # Abdelfattah et al.'s voting ensemble
 def run_benchmark(
     table: str | Path, data_root: str | Path | None, out: str | Path, *,
     proxies: Sequence[str] = DATA_FREE_DEFAULT + DATA_DEFAULT, sample: int = 1000, all_cells: Sequence[str] = (),
-    sampled: Sequence[str] = (), report_only: bool = False,
+    sampled: Sequence[str] = (), report_only: bool = False, workers: int = 1,
     batch_size: int = 64, seed: int = 0, bootstrap: int = 1000, progress: bool = True, log: Callable[[str], None] = print,
 ) -> str:
     """Score, correlate, and return the markdown table; see the module docstring.
@@ -200,6 +230,7 @@ def run_benchmark(
         all_cells: data-dependent proxies to run on all cells anyway (e.g. ``naswot``).
         sampled: data-free proxies to run on the sample only (e.g. a slow ``zen``).
         report_only: score nothing; correlate the scores already in ``out`` (for a partial run).
+        workers: scoring processes (see :func:`score_cells`).
     """
     import torch
 
@@ -238,7 +269,7 @@ def run_benchmark(
             inputs, targets = fixed_batch(data_set if needs_data else None, (3, 32, 32), batch_size, seed)
             torch.set_grad_enabled(True)
             scores = score_cells(name, [by_index[i] for i in indices], inputs, targets, out, seed=seed,
-                                 progress=progress)
+                                 progress=progress, workers=workers)
         all_scores[name] = scores
         results.append(correlate(name, scores, truth, indices, bootstrap=bootstrap, seed=seed))
     vote = [p for p in VOTE if p in all_scores]
