@@ -148,3 +148,34 @@ def test_proxy_evaluator_needs_a_known_proxy(tmp_path):
         run_search(_cfg(tmp_path, evaluator="proxy"), progress=False, log=lambda s: None)
     with pytest.raises(UnknownNameError, match="unknown proxy 'zen2'"):
         run_search(_cfg(tmp_path, evaluator="proxy", proxy="zen2"), progress=False, log=lambda s: None)
+
+
+def test_latency_constraint_is_measured_once_and_reused_on_resume(tmp_path, monkeypatch):
+    import nasforge.hardware.latency as latency
+
+    cfg = _cfg(tmp_path, method="random", method_kwargs={}, trials=3, constraints=["latency_ms<=10000"])
+    run_search(cfg, progress=False, log=lambda s: None)
+    costs = json.loads((tmp_path / "run" / "costs.json").read_text())
+    assert costs and all(c["latency_ms"] > 0 for c in costs.values())
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert all(t["metrics"]["latency_ms"] > 0 for t in res["trials"])
+
+    def no_remeasure(*a, **k):
+        raise AssertionError("a resumed search must reuse the measured latencies")
+
+    monkeypatch.setattr(latency, "measure_latency_ms", no_remeasure)
+    cfg.trials = 3
+    out = run_search(cfg, progress=False, log=lambda s: None)  # replays 3 trials from the cache
+    assert out.resumed_trials == 3
+
+
+def test_measure_latency_is_positive_and_checks_arguments():
+    from torch import nn
+
+    from nasforge.hardware.latency import measure_latency_ms
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+    assert measure_latency_ms(net, (1, 8, 8), repeats=3) > 0
+    assert net.training  # mode restored
+    with pytest.raises(BudgetError, match="repeats"):
+        measure_latency_ms(net, (1, 8, 8), repeats=0)

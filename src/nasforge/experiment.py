@@ -35,7 +35,7 @@ from nasforge.spaces.base import SearchSpace
 
 EVALUATORS = ("train", "table", "proxy")
 SPLITS = ("random", "nb201")
-COST_METRICS = ("params", "flops", "macs")
+COST_METRICS = ("params", "flops", "macs", "latency_ms")  # known before training; checked before evaluation
 
 
 class SearchInterrupted(NasforgeError, KeyboardInterrupt):
@@ -225,13 +225,22 @@ class SearchOutcome:
 
 
 class _Feasibility:
-    """Cost-model constraints checked before evaluation, cached per architecture."""
+    """Cost-model constraints checked before evaluation, cached per architecture.
+
+    Measured latency varies from run to run, so when a latency constraint is used the measured
+    costs are kept in ``cache_path`` (JSON) and reused on resume: the replayed proposals then
+    meet the same feasibility decisions as the first time.
+    """
 
     def __init__(self, space: SearchSpace, constraints: list[Constraint], input_shape: tuple[int, int, int],
-                 num_classes: int, build_kwargs: dict[str, Any]) -> None:
+                 num_classes: int, build_kwargs: dict[str, Any], cache_path: Path | None = None) -> None:
         self.space, self.input_shape, self.num_classes, self.build_kwargs = space, input_shape, num_classes, build_kwargs
         self.pre = [c for c in constraints if c.metric in COST_METRICS]
+        self.latency = any(c.metric == "latency_ms" for c in self.pre)
+        self.cache_path = cache_path if self.latency else None
         self.cache: dict[str, dict[str, float]] = {}
+        if self.cache_path is not None and self.cache_path.exists():
+            self.cache = json.loads(self.cache_path.read_text())
 
     def cost(self, arch: Arch) -> dict[str, float]:
         from nasforge.hardware.cost import measure
@@ -239,7 +248,14 @@ class _Feasibility:
         key = self.space.format(arch)
         if key not in self.cache:
             net = self.space.build(arch, num_classes=self.num_classes, in_channels=self.input_shape[0], **self.build_kwargs)
-            self.cache[key] = measure(net, self.input_shape).as_dict()
+            cost = measure(net, self.input_shape).as_dict()
+            if self.latency:
+                from nasforge.hardware.latency import measure_latency_ms
+
+                cost["latency_ms"] = measure_latency_ms(net, self.input_shape)
+            self.cache[key] = cost
+            if self.cache_path is not None:
+                _write_json(self.cache_path, self.cache)
         return self.cache[key]
 
     def ok(self, arch: Arch) -> bool:
@@ -290,7 +306,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     constraints = [parse_constraint(c) for c in cfg.constraints]
 
     evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
-    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs)
+    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, out / "costs.json")
 
     searcher_cls = registry.get("method", cfg.method)
     searcher: Searcher = searcher_cls(space, seed=cfg.seed, **cfg.method_kwargs)
