@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from nasforge import get_space
-from nasforge.errors import DataError
+from nasforge.errors import ConfigError, DataError
 from nasforge.evaluators.table import NB201Table, best_test_after
 from nasforge.experiment import SearchConfig, run_search
 from nasforge.searchers.evolution import RegularizedEvolution
@@ -59,3 +59,19 @@ def test_table_rejects_other_spaces_and_missing_files(tmp_path, data_kit):
         NB201Table(get_space("darts"), data_kit / "nb201" / "nb201_table.csv.gz")
     with pytest.raises(DataError, match="not found"):
         NB201Table(get_space("nb201"), tmp_path / "missing.csv")
+
+
+def test_naswot_style_protocol_reports_the_winners_table_accuracy(tmp_path, data_kit):
+    """Mellor et al.'s protocol: sample N at random, keep the best proxy score, look the winner up."""
+    table = str(data_kit / "nb201" / "nb201_table.csv.gz")
+    cfg = SearchConfig(space="nb201", method="random", evaluator="proxy", proxy="synflow", trials=6,
+                       build_kwargs={"C": 4, "N": 1}, table=table, final_train=False, out=str(tmp_path / "run"))
+    out = run_search(cfg, progress=False, log=lambda s: None)
+    res = json.loads((out.run_dir / "results.json").read_text())
+    best = res["best"]
+    assert best["metrics"]["synflow"] == max(t["metrics"]["synflow"] for t in res["trials"])
+    looked_up = NB201Table(get_space("nb201"), table)(get_space("nb201").parse(best["arch"])).metrics
+    assert best["table"]["test_acc"] == looked_up["test_acc"]
+    with pytest.raises(ConfigError, match="needs space 'nb201'"):
+        run_search(SearchConfig(space="darts", evaluator="proxy", proxy="params", table=table,
+                                out=str(tmp_path / "d")), progress=False, log=lambda s: None)

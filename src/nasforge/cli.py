@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--evaluator", default=S, choices=("train", "table", "proxy"),
                    help="train each candidate (default), look it up in the NB201 table (--table), "
                         "or score it untrained with a zero-cost proxy (--proxy)")
-    g.add_argument("--table", default=S, help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz)")
+    g.add_argument("--table", default=S,
+                   help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz): the evaluator with "
+                        "--evaluator table, otherwise the best cell's table accuracy is reported")
     g.add_argument("--proxy", default=S, help="zero-cost proxy for --evaluator proxy (see `nasforge proxies`)")
     g.add_argument("--proxy-batch-size", type=int, default=S, help="images in the proxy's scoring batch (default 64)")
     g.add_argument("--split", default=S, choices=("random", "nb201"),
@@ -332,8 +334,10 @@ def _print_search_summary(res: dict[str, Any], top: int) -> None:
                     [[final["arch"], f"{final['test_acc']:.2f}", f"{final['params']:,.0f}",
                       f"{final['flops']:,.0f}", str(final["epochs"])]])
         print(f"model: {final['model_dir']}" + (f"  onnx: {final['onnx']}" if final.get("onnx") else ""))
-    elif "test_acc" in res["best"]["metrics"]:
-        print(f"\nbest architecture's table test accuracy: {res['best']['metrics']['test_acc']:.2f}%")
+    table = res["best"].get("table") or (res["best"]["metrics"] if "test_acc" in res["best"]["metrics"] else None)
+    if table:
+        print(f"\nbest architecture in the NB201 table: CIFAR-10 test accuracy {table['test_acc']:.2f}%, "
+              f"cifar10-valid validation accuracy {table['val_acc']:.2f}%")
 
 
 def _print_rows(header: list[str], rows: list[list[str]]) -> None:

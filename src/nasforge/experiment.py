@@ -58,7 +58,7 @@ class SearchConfig:
     valid_fraction: float = 0.5  # share of the training set held out for validation (split=random)
     train_subset: int | None = None  # use only this many training images for the search (stratified)
     evaluator: str = "train"  # train (from scratch), table (NB201 lookup, needs --table) or proxy (zero-cost, --proxy)
-    table: str | None = None  # path of the NB201 table CSV for evaluator=table
+    table: str | None = None  # NB201 table CSV: the evaluator for evaluator=table, else the best cell is looked up
     proxy: str | None = None  # zero-cost proxy for evaluator=proxy: see `nasforge proxies`
     proxy_batch_size: int = 64  # images in the fixed scoring batch of data-dependent proxies
     trials: int = 20  # number of finished trials to reach
@@ -90,6 +90,11 @@ class SearchConfig:
             raise BudgetError(f"train_subset must be > 0, got {self.train_subset!r}")
         if self.evaluator == "table" and not self.table:
             raise ConfigError("evaluator 'table' needs --table PATH (the NB201 results CSV)")
+        if self.table:
+            if self.space != "nb201":
+                raise ConfigError(f"--table is the NB201 table: it needs space 'nb201', not {self.space!r}")
+            if not Path(self.table).is_file():
+                raise ConfigError(f"NB201 table not found: {self.table}")
         if self.evaluator == "proxy":
             if not self.proxy:
                 raise ConfigError(f"evaluator 'proxy' needs --proxy NAME; valid: {', '.join(registry.names('proxy'))}")
@@ -388,13 +393,24 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         "config": cfg.to_dict(),
         "objective": cfg.resolved_objective(),
         "space_config": space.config(),
-        "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics},
+        "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics,
+                 "table": _table_lookup(cfg, space, best_arch)},
         "final": final,
         "trials": [dataclasses.asdict(r) for r in records],
         "study": {"storage": study.url, "counts": study.counts()},
         "seconds_this_run": outcome.seconds,
     })
     return outcome
+
+
+def _table_lookup(cfg: SearchConfig, space: SearchSpace, arch: Arch) -> dict[str, float] | None:
+    """The NB201 table's metrics of the best cell when a table is given to a non-table search
+    (e.g. the NASWOT protocol: random sampling scored by a proxy, the winner looked up)."""
+    if not cfg.table or cfg.evaluator == "table":
+        return None
+    from nasforge.evaluators.table import NB201Table
+
+    return NB201Table(space, cfg.table)(arch).metrics
 
 
 def _load_data(cfg: SearchConfig) -> Any:
