@@ -371,3 +371,25 @@ def test_params_and_flops() -> None:
     assert nasforge.get_proxy("flops")(net, x) == 12.0  # 2 FLOPs per multiply-accumulate, batch 1
     cell = nb201()
     assert nasforge.get_proxy("params")(cell, x) == sum(p.numel() for p in cell.parameters())
+
+
+@pytest.mark.parametrize("name", PROXIES)
+def test_no_activation_outlives_the_call(name: str) -> None:
+    """Regression: fisher's activation hooks once formed tensor <-> hook cycles that leaked every
+    activation (~100 MB per NB201 network at batch 64; the benchmark process was OOM-killed)."""
+    import gc
+    import weakref
+
+    net = nb201()
+    x, y = cifar_batch()
+    refs: list[weakref.ref[torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, i, o: refs.append(weakref.ref(o)))
+               for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        nasforge.get_proxy(name)(net, x, y, seed=0)
+    finally:
+        for h in handles:
+            h.remove()
+    gc.collect()
+    assert refs or name in ("params", "flops", "synflow", "zen")
+    assert [r for r in refs if r() is not None] == []

@@ -66,7 +66,7 @@ class Fisher(Proxy):
         def on_grad(module: nn.Module, act: Tensor) -> Any:
             def hook(grad: Tensor) -> None:
                 with torch.no_grad():
-                    prod = act.detach() * grad.detach()
+                    prod = act * grad.detach()
                     g_nk = prod.sum(dim=tuple(range(2, prod.dim()))) if prod.dim() > 2 else prod
                     f_k = g_nk.pow(2).mean(0).mul(0.5)
                     total[0] += float(f_k.sum()) * per_channel[id(module)]
@@ -74,7 +74,11 @@ class Fisher(Proxy):
 
         def on_forward(module: nn.Module, inp: Any, out: Tensor) -> None:
             if isinstance(out, Tensor) and out.requires_grad:
-                out.register_hook(on_grad(module, out))
+                # The hook must hold a *detached* view: holding ``out`` itself makes a cycle
+                # (tensor -> its hook -> closure -> tensor) that the garbage collector cannot
+                # break through autograd's C++ hook table, leaking every activation (~100 MB
+                # per NB201 network at batch 64).
+                out.register_hook(on_grad(module, out.detach()))
 
         handles = [m.register_forward_hook(on_forward) for _, m in layers]
         with hooks(handles), train_mode(net):
