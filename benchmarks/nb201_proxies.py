@@ -24,7 +24,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kit", default=os.environ.get("NASFORGE_DATA_KIT", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--cache", default=str(ROOT / "runs" / "cache" / "cifar10"), help="where the CIFAR-10 batches are written")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "nb201_proxies"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb201_proxies"))
     ap.add_argument("--proxies", default=None)
     ap.add_argument("--sample", default="1000")
     ap.add_argument("--all-cells", default="", help="data-dependent proxies to run on all cells")

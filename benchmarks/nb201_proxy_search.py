@@ -45,7 +45,7 @@ def pick_best_of_n(scores: dict[int, dict], pool: list[int], test: dict[int, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kit", default=os.environ.get("NASFORGE_DATA_KIT", str(ROOT.parent / "shared" / "data")))
-    ap.add_argument("--scores", default=str(ROOT / "runs" / "bench" / "nb201_proxies"))
+    ap.add_argument("--scores", default=str(ROOT / "benchmarks" / "results" / "nb201_proxies"))
     ap.add_argument("--seeds", type=int, default=500, help="repetitions of pick-best-of-N")
     ap.add_argument("--search-seeds", type=int, default=100, help="repetitions of each table search")
     ap.add_argument("--queries", type=int, default=150, help="table queries per search")
