@@ -300,7 +300,7 @@ def _fitness(metrics: dict[str, float], objective: tuple[str, int], constraints:
 def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
     """Run (or resume) a multi-trial search as described in the module docstring."""
     from nasforge import get_space
-    from nasforge.study import Study
+    from nasforge.study import Study, TrialRecord
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -358,8 +358,9 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
             study.finish(trial, fitness, metrics, result.cost)
             searcher.tell(arch, fitness)
             n_done += 1
-            done = study.completed()
-            best = max(done, key=lambda r: r.fitness)
+            # track the best in memory: re-reading every trial from storage each step is O(n^2)
+            if best is None or fitness > best.fitness:
+                best = TrialRecord(trial.number, text, fitness, metrics, result.cost)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({objective[0]: f"{best.metrics.get(objective[0], float('nan')):.4g}"})

@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 
-# Published rank correlations on NB201 CIFAR-10 (test accuracy), all 15,625 cells.
-# Abdelfattah et al. ICLR 2021, Table 1 (Spearman rho); Mellor et al. ICML 2021 (Kendall tau, NASWOT).
+# Published Spearman rho on NB201 CIFAR-10 (test accuracy), all 15,625 cells: Abdelfattah et al.
+# ICLR 2021, Table 1 (transcribed from memory; the paper could not be opened here to re-check).
 PAPER_SPEARMAN = {
     "grad_norm": 0.58, "snip": 0.58, "grasp": 0.48, "fisher": 0.36, "synflow": 0.74, "jacob_cov": 0.73,
 }
-PAPER_KENDALL: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
