@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. population_size=10 sample_size=3 (repeatable)")
     _space_options(p)
     _data_options(p)
+    g = p.add_argument_group("one-shot (weight-sharing) methods")
+    g.add_argument("--supernet-opt", dest="supernet_kwargs", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="supernet option, e.g. C=16 N=5 affine=false track_running_stats=false (nb201), "
+                        "C=16 layers=8 (darts) (repeatable)")
+    g.add_argument("--max-batches-per-epoch", type=int, default=S,
+                   help="reduced budget: at most this many search steps per epoch")
+    g.add_argument("--checkpoint-every", type=int, default=S, help="search steps between checkpoints (default 100)")
+    g.add_argument("--channels-last", action="store_true", default=S, help="run the supernet in channels-last format")
     g = p.add_argument_group("evaluation")
     g.add_argument("--evaluator", default=S, choices=("train", "table", "proxy"),
                    help="train each candidate (default), look it up in the NB201 table (--table), "
@@ -127,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--recipe", default=S, help="training recipe of each candidate: quick (default), nb201, darts")
     g.add_argument("--recipe-opt", dest="recipe_overrides", type=_kv, action="append", default=S, metavar="KEY=VALUE",
                    help="override a recipe field, e.g. lr=0.05 (repeatable)")
-    g.add_argument("--epochs", type=int, default=S, help="epochs of training per candidate (recipe override)")
+    g.add_argument("--epochs", type=int, default=S,
+                   help="epochs of training per candidate (recipe override); for one-shot methods the search epochs")
     g = p.add_argument_group("budget and objective")
     g.add_argument("--trials", type=int, default=S, help="number of finished trials to reach (default 20)")
     g.add_argument("--objective", default=S,
@@ -214,7 +223,15 @@ def cmd_search(ns: argparse.Namespace) -> int:
     keys = [f.name for f in dataclasses.fields(SearchConfig)]
     opts = _gather(ns, keys + ["epochs", "final_epochs"])
     if "epochs" in opts:
-        opts["recipe_overrides"] = {**opts.get("recipe_overrides", {}), "epochs": opts.pop("epochs")}
+        from nasforge import registry
+        from nasforge.train.oneshot import OneShotMethod
+
+        method = opts.get("method", SearchConfig.method)
+        if method in registry.names("method") and isinstance(registry.get("method", method), OneShotMethod):
+            # a one-shot method trains one supernet: --epochs is its number of search epochs
+            opts["method_kwargs"] = {**opts.get("method_kwargs", {}), "epochs": opts.pop("epochs")}
+        else:
+            opts["recipe_overrides"] = {**opts.get("recipe_overrides", {}), "epochs": opts.pop("epochs")}
     if "final_epochs" in opts:
         opts["final_overrides"] = {**opts.get("final_overrides", {}), "epochs": opts.pop("final_epochs")}
     cfg = SearchConfig.from_dict(opts)
@@ -265,13 +282,15 @@ def cmd_spaces(ns: argparse.Namespace) -> int:
 
 def cmd_methods(ns: argparse.Namespace) -> int:
     from nasforge import registry
+    from nasforge.train.oneshot import OneShotMethod
 
     rows = []
     for name in registry.names("method"):
-        cls = registry.get("method", name)
-        opts = ", ".join(f"{k}={v}" for k, v in cls.options().items()) or "-"
-        rows.append([name, opts, cls.paper])
-    _print_rows(["method", "options (defaults)", "paper"], rows)
+        method = registry.get("method", name)
+        kind = "one-shot" if isinstance(method, OneShotMethod) else "multi-trial"
+        opts = ", ".join(f"{k}={v}" for k, v in method.options().items()) or "-"
+        rows.append([name, kind, opts if len(opts) <= 70 else opts[:67] + "...", method.paper])
+    _print_rows(["method", "kind", "options (defaults)", "paper"], rows)
     return 0
 
 
@@ -317,6 +336,9 @@ def _print_search_summary(res: dict[str, Any], top: int) -> None:
     from nasforge.experiment import parse_objective
 
     cfg = res["config"]
+    if res.get("method_kind") == "one-shot":
+        _print_one_shot_summary(res)
+        return
     objective = res.get("objective") or cfg.get("objective") or "val_acc"
     metric = parse_objective(objective)[0]
     trials = sorted(res["trials"], key=lambda t: -t["fitness"])[:top]
@@ -338,6 +360,24 @@ def _print_search_summary(res: dict[str, Any], top: int) -> None:
     if table:
         print(f"\nbest architecture in the NB201 table: CIFAR-10 test accuracy {table['test_acc']:.2f}%, "
               f"cifar10-valid validation accuracy {table['val_acc']:.2f}%")
+
+
+def _print_one_shot_summary(res: dict[str, Any]) -> None:
+    cfg = res["config"]
+    history = res.get("history", [])
+    print(f"\n{cfg['method']} (one-shot) on {cfg['space']} / {cfg['data']}: {len(history)} search epoch(s)")
+    rows = []
+    for h in history:
+        rows.append([str(h["epoch"]), f"{h.get('train_loss', float('nan')):.4g}", f"{h.get('valid_loss', float('nan')):.4g}",
+                     str(h.get("arch", "-")), f"{h['table_test_acc']:.2f}" if "table_test_acc" in h else "-"])
+    _print_rows(["epoch", "train loss", "valid loss", "derived architecture", "table test acc %"], rows[-10:])
+    print(f"\nderived architecture: {res['best']['arch']}")
+    table = res["best"].get("table")
+    if table:
+        print(f"NB201 table: CIFAR-10 test accuracy {table['test_acc']:.2f}%")
+    final = res.get("final")
+    if final:
+        print(f"retrained: test accuracy {final['test_acc']:.2f}% after {final['epochs']} epochs; model: {final['model_dir']}")
 
 
 def _print_rows(header: list[str], rows: list[list[str]]) -> None:

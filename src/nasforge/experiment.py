@@ -50,7 +50,11 @@ class SearchConfig:
     space: str = "nb201"  # search space: see `nasforge spaces`
     space_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of get_space
     build_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of space.build (e.g. C, N)
-    method_kwargs: dict[str, Any] = field(default_factory=dict)  # searcher options (e.g. population_size)
+    method_kwargs: dict[str, Any] = field(default_factory=dict)  # method options (e.g. population_size, epochs)
+    supernet_kwargs: dict[str, Any] = field(default_factory=dict)  # one-shot methods: space.supernet options (C, N, affine...)
+    max_batches_per_epoch: int | None = None  # one-shot methods: a reduced budget of steps per search epoch
+    checkpoint_every: int = 100  # one-shot methods: steps between search checkpoints (one at every epoch end too)
+    channels_last: bool = False  # one-shot methods: channels-last memory format for the supernet
     data: str = "digits"  # digits (built in), cifar10 (official batches), folder (ImageFolder layout)
     data_root: str | None = None  # directory of cifar10 / folder data
     image_size: int | None = None  # resize folder images to this size
@@ -75,7 +79,7 @@ class SearchConfig:
     device: str = "cpu"
 
     # Fields that may change between a run and its resumption without changing the search.
-    RESUMABLE = ("trials", "out", "storage", "device", "final_recipe", "final_overrides", "final_train")
+    RESUMABLE = ("trials", "out", "storage", "device", "final_recipe", "final_overrides", "final_train", "checkpoint_every")
 
     def validate(self) -> None:
         require_choice("method", self.method, registry.names("method"))
@@ -101,11 +105,28 @@ class SearchConfig:
             require_choice("proxy", self.proxy, registry.names("proxy"))
             if self.proxy_batch_size <= 0:
                 raise BudgetError(f"proxy_batch_size must be > 0, got {self.proxy_batch_size!r}")
-        if self.evaluator in ("train", "proxy"):
+        if self.evaluator in ("train", "proxy") or self.one_shot():
             require_choice("dataset", self.data, registry.names("dataset"))
+        if self.one_shot():
+            if self.evaluator != "train":
+                raise ConfigError(
+                    f"--evaluator {self.evaluator} does not apply to the one-shot method {self.method!r}: it ranks "
+                    "architectures through its supernet (use --table to look the derived NB201 cell up)"
+                )
+            if self.max_batches_per_epoch is not None and (
+                isinstance(self.max_batches_per_epoch, bool) or not isinstance(self.max_batches_per_epoch, int)
+                or self.max_batches_per_epoch <= 0
+            ):
+                raise BudgetError(f"max_batches_per_epoch must be a positive int, got {self.max_batches_per_epoch!r}")
         parse_objective(self.resolved_objective())
         for c in self.constraints:
             parse_constraint(c)
+
+    def one_shot(self) -> bool:
+        """Whether the method is a weight-sharing (one-shot) method rather than a multi-trial searcher."""
+        from nasforge.train.oneshot import OneShotMethod
+
+        return isinstance(registry.get("method", self.method), OneShotMethod)
 
     def resolved_objective(self) -> str:
         if self.objective:
@@ -307,6 +328,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     out = Path(cfg.out)
     resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
     space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
+    if cfg.one_shot():
+        return _run_one_shot(cfg, space, out, t0, progress=progress, log=log)
     objective = parse_objective(cfg.resolved_objective())
     constraints = [parse_constraint(c) for c in cfg.constraints]
 
@@ -404,6 +427,64 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     return outcome
 
 
+def _run_one_shot(
+    cfg: SearchConfig, space: SearchSpace, out: Path, t0: float, *, progress: bool, log: Callable[[str], None],
+) -> SearchOutcome:
+    """A weight-sharing search: one supernet trained by the method, checkpointed in ``out/search``."""
+    from nasforge.train.oneshot import OneShotContext, OneShotMethod
+
+    method: OneShotMethod = registry.get("method", cfg.method)
+    data = _load_data(cfg)
+    train_set, valid_set = _search_splits(cfg, data)
+    ctx = OneShotContext(
+        space=space, train_set=train_set, valid_set=valid_set, num_classes=data.num_classes,
+        input_shape=data.input_shape(), supernet_kwargs=dict(cfg.supernet_kwargs), seed=cfg.seed, device=cfg.device,
+        run_dir=out / "search", checkpoint_every=cfg.checkpoint_every, max_batches_per_epoch=cfg.max_batches_per_epoch,
+        channels_last=cfg.channels_last, log=log, progress=progress,
+    )
+    log(f"{cfg.method} on {cfg.space}: {len(train_set)} train / {len(valid_set)} validation images")
+    try:
+        result = method(ctx, **cfg.method_kwargs)
+    except KeyboardInterrupt:
+        raise SearchInterrupted(
+            f"interrupted; the search checkpoint in {out / 'search'} is kept. Rerun the same command to resume."
+        ) from None
+    history = result.history
+    table = _table_lookup(cfg, space, result.arch)
+    if cfg.table:  # the NB201 protocol: the true accuracy of each epoch's derived cell
+        from nasforge.evaluators.table import NB201Table
+
+        lookup = NB201Table(space, cfg.table)
+        for record in history:
+            if "arch" in record:
+                record["table_test_acc"] = lookup(space.parse(record["arch"])).metrics["test_acc"]
+    final: dict[str, Any] | None = None
+    if cfg.final_train if cfg.final_train is not None else not cfg.table:
+        final = train_and_export(
+            space, result.arch, data, recipe_name=cfg.final_recipe, overrides=cfg.final_overrides,
+            build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log,
+        )
+    arch_text = space.format(result.arch)
+    _write_json(out / "results.json", {
+        "kind": "search",
+        "method_kind": "one-shot",
+        "config": cfg.to_dict(),
+        "space_config": space.config(),
+        "best": {"arch": arch_text, "metrics": {}, "table": table},
+        "strengths": result.strengths,
+        "history": history,
+        "info": result.info,
+        "final": final,
+        "trials": [],
+        "seconds_this_run": time.perf_counter() - t0,
+        "search_seconds_this_run": result.seconds,
+    })
+    return SearchOutcome(
+        run_dir=out, best_arch=arch_text, best_metrics=dict(table or {}), trials=0, resumed_trials=0,
+        final=final, seconds=time.perf_counter() - t0,
+    )
+
+
 def _table_lookup(cfg: SearchConfig, space: SearchSpace, arch: Arch) -> dict[str, float] | None:
     """The NB201 table's metrics of the best cell when a table is given to a non-table search
     (e.g. the NASWOT protocol: random sampling scored by a proxy, the winner looked up)."""
@@ -424,7 +505,6 @@ def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Ar
 
         # The table's networks are CIFAR-10 networks: constraints are measured on that input.
         return NB201Table(space, str(cfg.table)), (3, 32, 32), 10, None
-    from nasforge.data import nb201_cifar10_valid_split, split_train_valid
     from nasforge.evaluators.train import TrainEvaluator
     from nasforge.train.recipes import get_recipe
 
@@ -437,22 +517,29 @@ def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Ar
             batch_size=cfg.proxy_batch_size, build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device,
         )
         return proxy_eval, data.input_shape(), data.num_classes, data
-    if cfg.split == "nb201":
-        train_set, valid_set = nb201_cifar10_valid_split(data)
-        if cfg.train_subset is not None:  # a reduced budget: the same share of each half
-            train_set = _stratified_subset(train_set, cfg.train_subset // 2, cfg.seed)
-            valid_set = _stratified_subset(valid_set, cfg.train_subset - cfg.train_subset // 2, cfg.seed)
-    else:
-        pool = data.train
-        if cfg.train_subset is not None:
-            pool = _stratified_subset(pool, cfg.train_subset, cfg.seed)
-        train_set, valid_set = split_train_valid(pool, cfg.valid_fraction, seed=cfg.seed)
+    train_set, valid_set = _search_splits(cfg, data)
     recipe = get_recipe(cfg.recipe, **cfg.recipe_overrides)
     evaluator = TrainEvaluator(
         space, train_set, valid_set, recipe=recipe, input_shape=data.input_shape(), num_classes=data.num_classes,
         build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device,
     )
     return evaluator, data.input_shape(), data.num_classes, data
+
+
+def _search_splits(cfg: SearchConfig, data: Any) -> tuple[Any, Any]:
+    """The (train, validation) sets a search uses: the NB201 25k/25k split or a stratified one."""
+    from nasforge.data import nb201_cifar10_valid_split, split_train_valid
+
+    if cfg.split == "nb201":
+        train_set, valid_set = nb201_cifar10_valid_split(data)
+        if cfg.train_subset is not None:  # a reduced budget: the same share of each half
+            train_set = _stratified_subset(train_set, cfg.train_subset // 2, cfg.seed)
+            valid_set = _stratified_subset(valid_set, cfg.train_subset - cfg.train_subset // 2, cfg.seed)
+        return train_set, valid_set
+    pool = data.train
+    if cfg.train_subset is not None:
+        pool = _stratified_subset(pool, cfg.train_subset, cfg.seed)
+    return split_train_valid(pool, cfg.valid_fraction, seed=cfg.seed)
 
 
 def _stratified_subset(dataset: Any, size: int, seed: int) -> Any:

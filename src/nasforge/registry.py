@@ -24,7 +24,10 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
         "nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet",
         "nasforge.spaces.randwire", "nasforge.spaces.zennas",
     ),
-    "method": ("nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas"),
+    "method": (
+        "nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas",
+        "nasforge.methods.darts",
+    ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),
 }

@@ -5,8 +5,15 @@ is given explicitly on every call by a *selection*:
 
 * an option name (``str``): only that candidate runs (single path: SPOS, One-Shot, RSPS);
 * a 1-D weight tensor over the candidates: their weighted sum (DARTS softmax, SNAS / GDAS
-  Gumbel samples). Candidates whose weight is exactly zero are not executed, so a one-hot
-  (or straight-through one-hot) vector costs one candidate's forward and backward.
+  Gumbel samples, One-Shot path-dropout masks, DSO-NAS scaling factors). Candidates whose
+  weight is exactly zero are not executed, so a one-hot (or straight-through one-hot) vector
+  costs one candidate's forward and backward;
+* a :class:`Mix`: weights as above and a scalar ``scale`` multiplying the whole edge output
+  (PC-DARTS edge normalisation).
+
+A Choice built with ``partial=K`` (PC-DARTS, Xu et al. 2020) runs its candidates on the first
+``C / K`` channels only; the other channels bypass them (max-pooled on a stride-2 edge) and the
+two parts are concatenated and channel-shuffled with ``K`` groups.
 
 A :class:`Supernet` is an ``nn.Module`` whose ``forward(x, path)`` takes a mapping from choice
 key to selection. There is no global or context state: the path is an argument.
@@ -15,28 +22,67 @@ key to selection. There is no global or context state: the path is an argument.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from nasforge.errors import ArchError
+from nasforge.errors import ArchError, ConfigError
 
-Selection: TypeAlias = "str | torch.Tensor"
+
+@dataclass(frozen=True)
+class Mix:
+    """A weighted mixture whose output is also multiplied by ``scale`` (a scalar tensor)."""
+
+    weights: torch.Tensor
+    scale: torch.Tensor
+
+
+Selection: TypeAlias = "str | torch.Tensor | Mix"
 Path: TypeAlias = "Mapping[str, Selection]"
 
 
-class Choice(nn.Module):
-    """Candidates of one decision, run according to an explicit selection."""
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet channel shuffle: ``[N, g*c, H, W]`` -> interleave the ``g`` groups."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
-    def __init__(self, candidates: Mapping[str, nn.Module]) -> None:
+
+class Choice(nn.Module):
+    """Candidates of one decision, run according to an explicit selection.
+
+    Args:
+        candidates: option name -> module; with ``partial=K`` each maps ``C / K`` channels.
+        partial: PC-DARTS channel proportion ``K`` (1: every channel goes through the ops).
+        stride: the candidates' stride (only used by ``partial`` to pool the bypassed channels).
+    """
+
+    def __init__(self, candidates: Mapping[str, nn.Module], *, partial: int = 1, stride: int = 1) -> None:
         super().__init__()
         if not candidates:
             raise ValueError("a Choice needs at least one candidate")
+        if isinstance(partial, bool) or not isinstance(partial, int) or partial < 1:
+            raise ConfigError(f"partial (PC-DARTS K) must be an int >= 1, got {partial!r}")
         self.options: tuple[str, ...] = tuple(candidates)
         self.candidates = nn.ModuleDict(dict(candidates))
+        self.partial, self.stride = partial, stride
 
     def forward(self, x: torch.Tensor, selection: Selection) -> torch.Tensor:
+        if isinstance(selection, Mix):
+            return self.forward(x, selection.weights) * selection.scale
+        if self.partial == 1:
+            return self._run(x, selection)
+        c = x.shape[1]
+        if c % self.partial:
+            raise ConfigError(f"partial channels K={self.partial} does not divide the {c} input channels")
+        head, tail = x[:, : c // self.partial], x[:, c // self.partial :]
+        if self.stride > 1:
+            tail = F.max_pool2d(tail, self.stride, self.stride)
+        return channel_shuffle(torch.cat([self._run(head, selection), tail], dim=1), self.partial)
+
+    def _run(self, x: torch.Tensor, selection: str | torch.Tensor) -> torch.Tensor:
         if isinstance(selection, str):
             if selection not in self.candidates:
                 raise ArchError(f"unknown option {selection!r}; valid: {', '.join(self.options)}")
@@ -72,10 +118,10 @@ class Supernet(nn.Module):
         super().__init__()
         self._choice_keys: dict[str, tuple[str, ...]] = {}
 
-    def add_choice(self, key: str, candidates: Mapping[str, nn.Module]) -> Choice:
+    def add_choice(self, key: str, candidates: Mapping[str, nn.Module], **kwargs: int) -> Choice:
         if key in self._choice_keys:
             raise ValueError(f"choice key {key!r} added twice")
-        choice = Choice(candidates)
+        choice = Choice(candidates, **kwargs)
         self._choice_keys[key] = choice.options
         return choice
 
@@ -86,6 +132,13 @@ class Supernet(nn.Module):
     def path_for(self, arch: object) -> dict[str, str]:
         """The single path that runs the stand-alone network of ``arch`` inside the supernet."""
         raise NotImplementedError
+
+    def edge_groups(self) -> list[list[str]]:
+        """Choice keys grouped by the node their edges enter (PC-DARTS edge normalisation).
+
+        The default puts every key in a group of its own (no node structure).
+        """
+        return [[k] for k in self._choice_keys]
 
     def check_path(self, path: Path) -> None:
         missing = [k for k in self._choice_keys if k not in path]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nasforge.arch import Arch
-from nasforge.errors import ArchError
+from nasforge.errors import ArchError, ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,6 +64,17 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def supernet(self, *, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> Supernet:
         """A network holding every candidate with shared weights; ``forward(x, path)``."""
+
+    def derive(self, weights: Mapping[str, Any]) -> Arch:
+        """The architecture a one-shot search ends with, from per-choice-key strengths.
+
+        ``weights`` maps each supernet choice key to one number per candidate (architecture
+        logits or probabilities). Each space applies its paper's rule; spaces without one raise.
+        """
+        raise ConfigError(
+            f"space {self.name!r} has no one-shot derivation rule; one-shot (weight-sharing) methods "
+            "support the spaces nb201 and darts"
+        )
 
     # ---- derived behaviour ---------------------------------------------------------------
     def make(self, mapping: Mapping[str, str]) -> Arch:

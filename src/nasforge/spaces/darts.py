@@ -304,13 +304,22 @@ class DartsSpace(SearchSpace):
         """The DARTS search network (reference ``model_search.Network``), see :class:`DartsSupernet`.
 
         Keyword args (reference search defaults): ``C=16``, ``layers=8``, ``steps=4``,
-        ``multiplier=4``, ``stem_multiplier=3``.
+        ``multiplier=4``, ``stem_multiplier=3``, ``partial_channels=1`` (PC-DARTS ``K``), and
+        ``edge_ops`` (P-DARTS search-space approximation: edge key -> the primitives kept on it;
+        edges not named keep all 8).
         """
+        edge_ops = kwargs.pop("edge_ops", None) if isinstance(kwargs, dict) else None
+        kwargs = {k: v for k, v in kwargs.items() if k != "edge_ops"}
         opts = _net_options(
-            "supernet", kwargs, {"C": 16, "layers": 8, "steps": 4, "multiplier": 4, "stem_multiplier": 3},
+            "supernet", kwargs,
+            {"C": 16, "layers": 8, "steps": 4, "multiplier": 4, "stem_multiplier": 3, "partial_channels": 1},
             num_classes, in_channels,
         )
-        return DartsSupernet(num_classes=num_classes, in_channels=in_channels, **opts)
+        return DartsSupernet(num_classes=num_classes, in_channels=in_channels, edge_ops=edge_ops, **opts)
+
+    def derive(self, weights: Mapping[str, Sequence[float] | torch.Tensor]) -> Arch:
+        """The DARTS genotype of one-shot edge weights (see :func:`derive`)."""
+        return derive(weights)
 
 
 def _check_concat(cell: str, text: str) -> None:
@@ -483,10 +492,10 @@ class NetworkCIFAR(nn.Module):
 
 
 # ---- supernet ---------------------------------------------------------------------------------
-def _mixed_candidates(C: int, stride: int) -> dict[str, nn.Module]:
-    """The 8 candidates of one edge as the reference ``MixedOp``: affine-free, pools + BN."""
+def _mixed_candidates(C: int, stride: int, ops: Sequence[str] = PRIMITIVES) -> dict[str, nn.Module]:
+    """The candidates of one edge as the reference ``MixedOp``: affine-free, pools + BN."""
     out: dict[str, nn.Module] = {}
-    for op in PRIMITIVES:
+    for op in ops:
         module = DARTS_OPS[op](C, C, stride, False, True)
         if "pool" in op:
             # the reference normalises pool outputs so their scale matches the (BN-ended) convs
@@ -544,8 +553,18 @@ class DartsSupernet(Supernet):
     """
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 3, C: int = 16, layers: int = 8,
-                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3) -> None:
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, partial_channels: int = 1,
+                 edge_ops: Mapping[str, Sequence[str]] | None = None) -> None:
         super().__init__()
+        edge_ops = dict(edge_ops or {})
+        for key, ops in edge_ops.items():
+            bad = [op for op in ops if op not in PRIMITIVES]
+            if bad or not ops:
+                raise ConfigError(f"edge_ops[{key!r}] = {list(ops)} must be a non-empty subset of {', '.join(PRIMITIVES)}")
+        if isinstance(partial_channels, bool) or not isinstance(partial_channels, int) or partial_channels < 1:
+            raise ConfigError(f"partial_channels must be an int >= 1, got {partial_channels!r}")
+        if C % partial_channels:
+            raise ConfigError(f"partial_channels={partial_channels} must divide the supernet width C={C}")
         if multiplier > steps + 2:
             raise ConfigError(f"darts supernet multiplier {multiplier} exceeds the {steps + 2} nodes of a cell")
         self.steps, self.multiplier = steps, multiplier
@@ -565,15 +584,22 @@ class DartsSupernet(Supernet):
             for node in range(2, 2 + steps):
                 for j in range(node):
                     key = edge_key(cell_type, node, j)
-                    candidates = _mixed_candidates(C_curr, 2 if reduction and j < 2 else 1)
+                    stride = 2 if reduction and j < 2 else 1
+                    candidates = _mixed_candidates(C_curr // partial_channels, stride, edge_ops.get(key, PRIMITIVES))
                     # the key is recorded once (first cell of its type); later cells own new weights
-                    edges[key] = Choice(candidates) if key in self._choice_keys else self.add_choice(key, candidates)
+                    edges[key] = (
+                        Choice(candidates, partial=partial_channels, stride=stride) if key in self._choice_keys
+                        else self.add_choice(key, candidates, partial=partial_channels, stride=stride)
+                    )
             self.cells.append(SearchCell(cell_type, edges, steps, multiplier, C_prev_prev, C_prev, C_curr,
                                          reduction, reduction_prev))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
+        unknown = sorted(set(edge_ops) - set(self._choice_keys))
+        if unknown:
+            raise ConfigError(f"edge_ops names unknown edges {unknown[:5]}; valid: {', '.join(self._choice_keys)}")
 
     def forward(self, x: torch.Tensor, path: Path) -> torch.Tensor:
         self.check_path(path)
@@ -581,6 +607,14 @@ class DartsSupernet(Supernet):
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, path)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def edge_groups(self) -> list[list[str]]:
+        """Per cell type and intermediate node, the keys of the edges entering it."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for key in self._choice_keys:  # keys are f"{cell}_e{node}_{input}" (see edge_key)
+            cell, rest = key.split("_e", 1)
+            groups.setdefault((cell, rest.split("_")[0]), []).append(key)
+        return list(groups.values())
 
     def path_for(self, arch: object) -> dict[str, str]:
         """Single path of a genotype: chosen edges run their op, every other edge ``none``."""

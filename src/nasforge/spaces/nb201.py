@@ -48,6 +48,13 @@ def _edge_name(to: int, frm: int) -> str:
     return f"edge_{to}_{frm}"
 
 
+def _check_partial(C: int, k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"partial_channels must be an int >= 1, got {k!r}")
+    if C % k:
+        raise ConfigError(f"partial_channels={k} must divide the supernet width C={C}")
+
+
 def _check_net_args(num_classes: int, in_channels: int, C: int, N: int, extra: Mapping[str, Any]) -> None:
     if extra:
         raise ConfigError(
@@ -193,22 +200,27 @@ class NB201Supernet(Supernet):
             DARTS/GDAS search on NB201 uses ``affine=False``); stem, reduction blocks and head keep
             ordinary BN. With both True (default) :meth:`subnet_state_dict` fills a stand-alone
             network completely.
+        partial_channels: PC-DARTS ``K``: candidates see ``1/K`` of each cell's channels (the
+            rest bypass them, see :class:`~nasforge.nn.choice.Choice`); 1 (default) is off.
     """
 
     def __init__(
         self, *, num_classes: int = 10, in_channels: int = 3, C: int = 16, N: int = 5,
-        affine: bool = True, track_running_stats: bool = True,
+        affine: bool = True, track_running_stats: bool = True, partial_channels: int = 1,
     ) -> None:
         super().__init__()
         self._space = NB201Space()
+        _check_partial(C, partial_channels)
 
         def make_cell(c: int) -> NB201SearchCell:
             edges: dict[str, Choice] = {}
+            k = partial_channels
             for name in EDGE_NAMES:
-                candidates = {op: NB201_OPS[op](c, c, 1, affine, track_running_stats) for op in OPS}
+                candidates = {op: NB201_OPS[op](c // k, c // k, 1, affine, track_running_stats) for op in OPS}
                 # the key is recorded once (first cell); later cells share it but own new weights
                 edges[name] = (
-                    Choice(candidates) if name in self._choice_keys else self.add_choice(name, candidates)
+                    Choice(candidates, partial=k) if name in self._choice_keys
+                    else self.add_choice(name, candidates, partial=k)
                 )
             return NB201SearchCell(edges)
 
@@ -230,6 +242,10 @@ class NB201Supernet(Supernet):
             raise ArchError(f"expected an nb201 Arch, got {type(arch).__name__}")
         self._space.validate(arch)
         return dict(arch.choices)
+
+    def edge_groups(self) -> list[list[str]]:
+        """The edges entering nodes 1, 2 and 3 of the cell."""
+        return [[_edge_name(to, frm) for frm in range(to)] for to in range(1, _NUM_NODES)]
 
     def subnet_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
         """State dict of ``build(arch)`` with the weights this supernet holds for ``arch``.
@@ -336,11 +352,29 @@ class NB201Space(SearchSpace):
 
     def supernet(
         self, *, num_classes: int = 10, in_channels: int = 3, C: int = 16, N: int = 5,
-        affine: bool = True, track_running_stats: bool = True, **kwargs: Any,
+        affine: bool = True, track_running_stats: bool = True, partial_channels: int = 1, **kwargs: Any,
     ) -> NB201Supernet:
         """The NB201 weight-sharing supernet (see :class:`NB201Supernet`)."""
         _check_net_args(num_classes, in_channels, C, N, kwargs)
         return NB201Supernet(
             num_classes=num_classes, in_channels=in_channels, C=C, N=N,
-            affine=affine, track_running_stats=track_running_stats,
+            affine=affine, track_running_stats=track_running_stats, partial_channels=partial_channels,
         )
+
+    def derive(self, weights: Mapping[str, Any]) -> Arch:
+        """The cell of one-shot edge weights: the strongest op of every edge, ``none`` included.
+
+        This is the rule of the NB201 paper's one-shot baselines (xautodl ``genotype()`` of
+        DARTS, GDAS, SETN...: ``argmax`` over all 5 ops); ties go to the earlier op in
+        :data:`OPS` order. ``weights`` maps each edge name to 5 numbers (logits or probabilities).
+        """
+        mapping: dict[str, str] = {}
+        for name in EDGE_NAMES:
+            if name not in weights:
+                raise ArchError(f"derive needs weights for all {len(EDGE_NAMES)} edges; missing {name!r}")
+            w = weights[name]
+            values = [float(v) for v in (w.detach().flatten().tolist() if isinstance(w, torch.Tensor) else w)]
+            if len(values) != len(OPS):
+                raise ArchError(f"weights of {name} have {len(values)} entries; need {len(OPS)} ({', '.join(OPS)})")
+            mapping[name] = OPS[max(range(len(OPS)), key=lambda i: (values[i], -i))]
+        return self.make(mapping)

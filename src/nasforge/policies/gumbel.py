@@ -1,0 +1,111 @@
+"""Gumbel-softmax sampling of one candidate per choice key: SNAS (soft) and GDAS (hard).
+
+* SNAS — Xie, Zheng, Liu & Lin, "SNAS: Stochastic Neural Architecture Search", ICLR 2019:
+  ``Z = softmax((alpha + G) / tau)`` with Gumbel noise ``G``, a relaxed (soft) one-hot; every
+  candidate runs, weighted by ``Z`` (eq. 3).
+* GDAS — Dong & Yang, "Searching for A Robust Neural Architecture in Four GPU Hours", CVPR
+  2019 (reference ``D-X-Y/AutoDL-Projects`` ``xautodl/models/cell_searchs/search_model_gdas.py``):
+  ``h~ = softmax((log_softmax(alpha) + G) / tau)``, ``h = one_hot(argmax h~)`` in the forward
+  pass and the gradient of ``h~`` in the backward pass (straight-through:
+  ``h - h~.detach() + h~``). Only the sampled candidate has a non-zero weight, so only it runs
+  forward and backward (:class:`~nasforge.nn.choice.Choice` skips zero weights). As the
+  reference, a draw whose soft sample has an inf/NaN entry is redrawn.
+
+  Departure: the reference also adds each unselected weight ``h_j`` (value 0) to the edge
+  output so ``h_j`` receives the summed upstream gradient; here unselected candidates
+  contribute nothing and the logits get their gradient through ``h~``'s softmax of the
+  selected entry, the straight-through estimator the paper describes (sec. 3.2: only the
+  sampled operation is back-propagated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from nasforge.errors import ConfigError
+from nasforge.nn.choice import Path
+from nasforge.policies.base import ArchLogits, Policy
+
+_MAX_REDRAWS = 100
+
+
+def _check_tau(tau: float) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ConfigError(f"Gumbel temperature tau must be a finite number > 0, got {tau!r}")
+    return float(tau)
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, *, hard: bool) -> torch.Tensor:
+    """One Gumbel-softmax draw from the global torch RNG (soft, or hard straight-through)."""
+    for _ in range(_MAX_REDRAWS):
+        u = torch.rand_like(logits)
+        gumbel = -torch.log(-torch.log(u))  # u == 0 or 1 gives inf: redrawn below
+        soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+        if bool(torch.isfinite(soft).all()):
+            break
+    else:  # pragma: no cover - needs 100 consecutive degenerate draws
+        raise ConfigError(f"Gumbel-softmax draws are not finite for logits {logits.tolist()} at tau={tau}")
+    if not hard:
+        return soft
+    index = int(soft.detach().argmax())
+    one_hot = torch.zeros_like(soft)
+    one_hot[index] = 1.0
+    return one_hot - soft.detach() + soft
+
+
+class GumbelPolicy(Policy):
+    """SNAS: a soft Gumbel-softmax sample per choice key at temperature ``tau``.
+
+    Args:
+        choices: the supernet's ``choices()``.
+        tau: temperature (set :attr:`tau` to anneal it; must stay > 0).
+        init_scale: logits start at ``init_scale * N(0, 1)``.
+    """
+
+    name = "gumbel"
+    hard = False
+
+    def __init__(self, choices: Mapping[str, Sequence[str]], *, tau: float = 1.0, init_scale: float = 1e-3) -> None:
+        super().__init__(choices)
+        self.logits = ArchLogits(self.choices, init_scale=init_scale)
+        self._tau = _check_tau(tau)
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self._tau = _check_tau(value)
+
+    def _logits(self, key: str) -> torch.Tensor:
+        return self.logits[key]
+
+    def forward(self) -> Path:
+        return {k: gumbel_softmax(self._logits(k), self._tau, hard=self.hard) for k in self.choices}
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        return {k: torch.softmax(self.logits[k].detach(), dim=-1) for k in self.choices}
+
+    def get_extra_state(self) -> dict[str, float]:
+        return {"tau": self._tau}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        self.tau = float(state["tau"])
+
+
+class HardGumbelPolicy(GumbelPolicy):
+    """GDAS: a hard (one-hot, straight-through) Gumbel sample of ``log_softmax(alpha)``.
+
+    Only the sampled candidate of each key runs. Arguments as :class:`GumbelPolicy`
+    (GDAS anneals ``tau`` linearly from 10 to 0.1 over the search).
+    """
+
+    name = "hard_gumbel"
+    hard = True
+
+    def _logits(self, key: str) -> torch.Tensor:
+        return torch.log_softmax(self.logits[key], dim=-1)

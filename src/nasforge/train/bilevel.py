@@ -1,0 +1,177 @@
+"""Steps of weight-sharing search: weight steps, first- and second-order architecture steps.
+
+The bilevel problem of DARTS (Liu et al., ICLR 2019, eq. 3-4)::
+
+    min_alpha  L_val(w*(alpha), alpha)   s.t.  w*(alpha) = argmin_w L_train(w, alpha)
+
+is solved by alternating an architecture step on a validation batch and a weight step on a
+training batch. The first-order approximation uses ``grad_alpha L_val(w, alpha)``; the
+second-order one (eq. 7-8) differentiates through one virtual SGD step
+``w' = w - xi * grad_w L_train(w, alpha)``::
+
+    grad_alpha L_val(w', alpha) - xi * (grad_alpha L_train(w+, alpha) - grad_alpha L_train(w-, alpha)) / (2 eps)
+
+with ``w+- = w +- eps * grad_w' L_val(w', alpha)`` and ``eps = 0.01 / ||grad_w' L_val(w', alpha)||``.
+As the reference (``quark0/darts`` ``cnn/architect.py``), the virtual step uses the weight
+optimizer's momentum buffer and weight decay: ``w' = w - xi * (mu * buf + g + wd * w)``.
+:func:`unrolled_arch_grads_exact` computes the same quantity with autograd double backward
+(for tests on tiny networks).
+
+Gradients are taken with :func:`torch.autograd.grad` on exactly the tensors a step updates, so
+an architecture step does not compute weight gradients and vice versa.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nasforge.errors import NasforgeError
+from nasforge.nn.choice import Path
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class SearchDivergedError(NasforgeError, RuntimeError):
+    """A one-shot search loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_finite(loss: Tensor, where: str) -> float:
+    """``float(loss)`` or :class:`SearchDivergedError` naming ``where`` (epoch, batch, step kind)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise SearchDivergedError(f"search diverged: {where} loss is {value}")
+    return value
+
+
+def _grads(loss: Tensor, tensors: Sequence[Tensor], *, create_graph: bool = False) -> list[Tensor]:
+    gs = torch.autograd.grad(loss, list(tensors), allow_unused=True, create_graph=create_graph)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(gs, tensors)]
+
+
+def _assign(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+    for p, g in zip(params, grads):
+        p.grad = g.detach()
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def weight_step(
+    supernet: nn.Module, path: Path, batch: Batch, optimizer: torch.optim.Optimizer, *,
+    loss_fn: LossFn, grad_clip: float | None, where: str, extra_loss: Tensor | None = None,
+) -> tuple[float, Tensor]:
+    """One SGD step of the supernet weights on ``batch`` along ``path``; returns (loss, logits).
+
+    Only the optimizer's parameters get gradients. ``extra_loss`` (e.g. a resource penalty) is
+    added before differentiation.
+    """
+    x, y = batch
+    logits = supernet(x, path)
+    loss = loss_fn(logits, y)
+    if extra_loss is not None:
+        loss = loss + extra_loss
+    value = check_finite(loss, where)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    _assign(params, _grads(loss, params))
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return value, logits.detach()
+
+
+def arch_step(
+    supernet: nn.Module, path_fn: Callable[[], Path], batch: Batch, optimizer: torch.optim.Optimizer, *,
+    loss_fn: LossFn, where: str, extra_loss_fn: Callable[[], Tensor] | None = None,
+) -> tuple[float, Tensor]:
+    """First-order architecture step: ``grad_alpha L_val(w, alpha)`` on ``batch``; (loss, logits)."""
+    x, y = batch
+    logits = supernet(x, path_fn())
+    loss = loss_fn(logits, y)
+    if extra_loss_fn is not None:
+        loss = loss + extra_loss_fn()
+    value = check_finite(loss, where)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    _assign(params, _grads(loss, params))
+    optimizer.step()
+    return value, logits.detach()
+
+
+def _virtual_update(weights: Sequence[Tensor], grads: Sequence[Tensor], optimizer: torch.optim.Optimizer, xi: float) -> list[Tensor]:
+    """The reference's ``w - xi * (mu * buf + g + wd * w)`` (momentum buffer and decay of ``optimizer``)."""
+    group = optimizer.param_groups[0]
+    mu, wd = float(group.get("momentum", 0.0)), float(group.get("weight_decay", 0.0))
+    out = []
+    for w, g in zip(weights, grads):
+        buf = optimizer.state.get(w, {}).get("momentum_buffer")
+        step = g + wd * w
+        if buf is not None and mu:
+            step = step + mu * buf
+        out.append(w - xi * step)
+    return out
+
+
+def unrolled_arch_grads(
+    supernet: nn.Module, path_fn: Callable[[], Path], arch_params: Sequence[Tensor], train_batch: Batch,
+    valid_batch: Batch, w_optimizer: torch.optim.Optimizer, *, xi: float, loss_fn: LossFn, where: str, r: float = 1e-2,
+) -> tuple[float, list[Tensor]]:
+    """DARTS second-order architecture gradient (finite-difference Hessian-vector product).
+
+    Returns ``(L_val(w', alpha), grads)`` with one gradient per ``arch_params`` entry. The
+    supernet's weights are the same tensors (values restored exactly) when it returns.
+    """
+    weights = [p for group in w_optimizer.param_groups for p in group["params"]]
+    backup = [w.detach().clone() for w in weights]
+    x_t, y_t = train_batch
+    x_v, y_v = valid_batch
+    try:
+        g_train = _grads(loss_fn(supernet(x_t, path_fn()), y_t), weights)
+        with torch.no_grad():
+            # the parameters themselves (not the backups): momentum buffers are keyed by them
+            for w, new in zip(weights, _virtual_update(weights, g_train, w_optimizer, xi)):
+                w.copy_(new)
+        loss_val = loss_fn(supernet(x_v, path_fn()), y_v)
+        value = check_finite(loss_val, where)
+        g_all = _grads(loss_val, [*arch_params, *weights])
+        d_alpha, d_w = g_all[: len(arch_params)], g_all[len(arch_params):]
+        norm = math.sqrt(sum(float((g * g).sum()) for g in d_w))
+        eps = r / norm if norm > 0 else 0.0
+
+        def alpha_grad_at(sign: float) -> list[Tensor]:
+            with torch.no_grad():
+                for w, b, d in zip(weights, backup, d_w):
+                    w.copy_(b + sign * eps * d)
+            return _grads(loss_fn(supernet(x_t, path_fn()), y_t), arch_params)
+
+        if eps > 0:
+            g_pos, g_neg = alpha_grad_at(1.0), alpha_grad_at(-1.0)
+            hvp = [(p - n) / (2 * eps) for p, n in zip(g_pos, g_neg)]
+        else:
+            hvp = [torch.zeros_like(a) for a in arch_params]
+    finally:
+        with torch.no_grad():
+            for w, b in zip(weights, backup):
+                w.copy_(b)
+    return value, [(d - xi * h).detach() for d, h in zip(d_alpha, hvp)]
+
+
+def unrolled_arch_grads_exact(
+    supernet: nn.Module, path_fn: Callable[[], Path], arch_params: Sequence[Tensor], train_batch: Batch,
+    valid_batch: Batch, w_optimizer: torch.optim.Optimizer, *, xi: float, loss_fn: LossFn,
+) -> list[Tensor]:
+    """``d/d alpha L_val(w'(alpha), alpha)`` by autograd double backward (exact; for tests)."""
+    names = [n for n, _ in supernet.named_parameters()]
+    params = dict(supernet.named_parameters())
+    weights = [params[n] for n in names]
+    x_t, y_t = train_batch
+    x_v, y_v = valid_batch
+    g_train = _grads(loss_fn(supernet(x_t, path_fn()), y_t), weights, create_graph=True)
+    unrolled = _virtual_update(weights, g_train, w_optimizer, xi)
+    state = {n: w for n, w in zip(names, unrolled)}
+    logits = torch.func.functional_call(supernet, state, (x_v, path_fn()), strict=False)
+    return [g.detach() for g in _grads(loss_fn(logits, y_v), list(arch_params))]
