@@ -321,3 +321,35 @@ def test_darts_on_the_darts_space_and_bad_options(digits_splits) -> None:  # typ
         ctx = OneShotContext(space=nasforge.get_space("mobilenet"), train_set=data.train, valid_set=data.train,
                              num_classes=10, input_shape=data.input_shape())
         darts(ctx)
+
+
+# ---- fast pooling ops ----------------------------------------------------------------------
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 8])
+def test_fast_pools_equal_torch_pools_values_and_gradients(stride: int, size: int) -> None:
+    from nasforge.nn.ops import AvgPool3x3, MaxPool3x3
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, requires_grad=True)
+    g = torch.randn(3, 5, (size + stride - 1) // stride, (size + stride - 1) // stride)
+    for ours, ref in ((AvgPool3x3(stride), torch.nn.AvgPool2d(3, stride, 1, count_include_pad=False)),
+                      (MaxPool3x3(stride), torch.nn.MaxPool2d(3, stride, 1))):
+        a = ours(x)
+        (ga,) = torch.autograd.grad(a, x, g)
+        b = ref(x)
+        (gb,) = torch.autograd.grad(b, x, g)
+        assert a.is_contiguous() and torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(ga, gb, atol=1e-6)
+
+
+def test_none_is_never_executed_in_a_mixture() -> None:
+    from nasforge.nn.ops import Zero
+
+    zero = Zero(4, 1)
+    calls = {"n": 0}
+    zero.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    choice = Choice({"none": zero, "skip": torch.nn.Identity()})
+    x = torch.randn(2, 4, 3, 3)
+    assert torch.equal(choice(x, torch.tensor([0.7, 0.3])), 0.3 * x)
+    assert calls["n"] == 0
+    assert torch.equal(choice(x, torch.tensor([1.0, 0.0])), torch.zeros_like(x))  # only none: zeros

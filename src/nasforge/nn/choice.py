@@ -6,7 +6,8 @@ is given explicitly on every call by a *selection*:
 * an option name (``str``): only that candidate runs (single path: SPOS, One-Shot, RSPS);
 * a 1-D weight tensor over the candidates: their weighted sum (DARTS softmax, SNAS / GDAS
   Gumbel samples, One-Shot path-dropout masks, DSO-NAS scaling factors). Candidates whose
-  weight is exactly zero are not executed, so a one-hot (or straight-through one-hot) vector
+  weight is exactly zero, and ``none`` (:class:`~nasforge.nn.ops.Zero`, which adds exactly
+  zero), are not executed, so a one-hot (or straight-through one-hot) vector
   costs one candidate's forward and backward;
 * a :class:`Mix`: weights as above and a scalar ``scale`` multiplying the whole edge output
   (PC-DARTS edge normalisation).
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasforge.errors import ArchError, ConfigError
+from nasforge.nn.ops import Zero
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Choice(nn.Module):
         self.options: tuple[str, ...] = tuple(candidates)
         self.candidates = nn.ModuleDict(dict(candidates))
         self.partial, self.stride = partial, stride
+        # ``none`` adds exactly zero to a mixture (and gives its weight a zero gradient): skip it
+        self._adds_nothing = tuple(isinstance(m, Zero) for m in candidates.values())
 
     def forward(self, x: torch.Tensor, selection: Selection) -> torch.Tensor:
         if isinstance(selection, Mix):
@@ -96,13 +100,14 @@ class Choice(nn.Module):
         active = (weights.detach() != 0).tolist()
         out: torch.Tensor | None = None
         for i, (name, on) in enumerate(zip(self.options, active)):
-            if not on:
+            if not on or self._adds_nothing[i]:
                 continue
             y = weights[i] * self.candidates[name](x)
             out = y if out is None else out + y
-        if out is None:  # every weight zero: the mixture is zero (shape of the first candidate)
+        if out is None:  # only zero weights or ``none``: the mixture is zero (shape of a candidate)
+            first = self._adds_nothing.index(True) if True in self._adds_nothing else 0
             with torch.no_grad():
-                ref = self.candidates[self.options[0]](x)
+                ref = self.candidates[self.options[first]](x)
             return torch.zeros_like(ref)
         return out
 
