@@ -1,0 +1,129 @@
+"""One-shot methods under the NAS-Bench-201 protocol: search on CIFAR-10, look the cell up.
+
+    .venv/bin/python benchmarks/nb201_oneshot.py --methods darts,gdas --seeds 0,1,2
+
+Each (method, seed) runs ``nasforge search --method M --space nb201 --split nb201`` on the
+CIFAR-10 25k/25k split from the data kit (a stratified ``--train-subset`` of it on CPU), with
+the search cells' BN ``affine=False, track_running_stats=False`` as the NB201 paper's one-shot
+runs, then looks the derived cell up in the NB201 table (``cifar10_test_acc``, 200-epoch
+training). The default budget is a documented CPU reduction of the paper's (C=16, N=5, 50-250
+epochs on 25k/25k): width ``--C``, cells per stage ``--N``, ``--train-subset`` images,
+``--epochs`` epochs. Every run is resumable (rerun the same command); results go to
+``--out/<method>/seed<k>/results.json`` and the summary table to ``--out/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMETER_FREE = ("none", "skip_connect", "avg_pool_3x3")
+
+# Method options that differ from the method's defaults for this protocol (documented in docs/benchmarks.md).
+PROTOCOL_OPTIONS: dict[str, dict[str, object]] = {
+    "darts": {"weight_decay": 5e-4, "nesterov": True},  # NB201 paper's DARTS runs (xautodl DARTS.config)
+    "darts2": {"order": 2, "weight_decay": 5e-4, "nesterov": True},
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kit", default=os.environ.get("NASFORGE_DATA_KIT", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "cache" / "cifar10"), help="where the CIFAR-10 batches are written")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb201_oneshot"))
+    ap.add_argument("--methods", default="darts,darts2,gdas,snas,pc_darts,enas,rsps,one_shot,smash,dso_nas",
+                    help="one-shot methods; darts2 = darts with order=2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--C", type=int, default=8)
+    ap.add_argument("--N", type=int, default=1)
+    ap.add_argument("--train-subset", type=int, default=5000, help="images of the 25k/25k split used (half each side)")
+    ap.add_argument("--max-batches-per-epoch", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    kit = Path(args.kit)
+    batches = Path(args.cache) / "cifar-10-batches-py"
+    if not args.report_only and not (batches / "test_batch").exists():
+        subprocess.run([sys.executable, str(kit / "cifar10" / "materialize.py"), "batches", args.cache], check=True)
+    table = kit / "nb201" / "nb201_table.csv.gz"
+    out = Path(args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+
+    from nasforge import registry
+    from nasforge.experiment import SearchConfig, run_search
+
+    for method in methods:
+        name = "darts" if method == "darts2" else method
+        if name not in registry.names("method"):
+            print(f"skipping {method}: not a registered method")
+            continue
+        for seed in seeds:
+            run_dir = out / method / f"seed{seed}"
+            if args.report_only or (run_dir / "results.json").exists():
+                continue
+            cfg = SearchConfig(
+                method=name, space="nb201", data="cifar10", data_root=str(batches), split="nb201",
+                train_subset=args.train_subset, seed=seed, table=str(table), final_train=False, out=str(run_dir),
+                supernet_kwargs={"C": args.C, "N": args.N, "affine": False, "track_running_stats": False},
+                method_kwargs={"epochs": args.epochs, "batch_size": args.batch_size, **PROTOCOL_OPTIONS.get(method, {})},
+                max_batches_per_epoch=args.max_batches_per_epoch,
+            )
+            t0 = time.perf_counter()
+            run_search(cfg, progress=False, log=lambda s, m=method, k=seed: print(f"[{m} seed {k}] {s}", flush=True))
+            print(f"[{method} seed {seed}] done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(report(out, methods, seeds, args))
+    return 0
+
+
+def report(out: Path, methods: list[str], seeds: list[int], args: argparse.Namespace) -> str:
+    lines = [
+        f"Budget: C={args.C}, N={args.N}, {args.train_subset} images of the 25k/25k split, {args.epochs} epochs, "
+        f"batch {args.batch_size}; seeds {seeds}.",
+        "",
+        "| method | runs | C10 test acc of the derived cell (NB201 table), mean ± sd | parameter-free edges (of 6), mean "
+        "| most frequent cell | search time per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for method in methods:
+        records = []
+        for seed in seeds:
+            path = out / method / f"seed{seed}" / "results.json"
+            if path.exists():
+                records.append(json.loads(path.read_text()))
+        if not records:
+            continue
+        accs = [r["best"]["table"]["test_acc"] for r in records]
+        archs = [r["best"]["arch"] for r in records]
+        free = [sum(arch.count(op + "~") for op in PARAMETER_FREE) for arch in archs]
+        secs = [r["search_seconds_this_run"] for r in records]
+        common, _ = Counter(archs).most_common(1)[0]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {method} | {len(records)} | {statistics.mean(accs):.2f} ± {sd:.2f} | {statistics.mean(free):.1f} "
+                     f"| `{common}` | {statistics.mean(secs):.0f} s |")
+        summary[method] = {"test_acc": accs, "archs": archs, "parameter_free_edges": free, "seconds": secs}
+    text = "\n".join(lines)
+    if summary:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(text + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
