@@ -26,7 +26,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     ),
     "method": (
         "nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas",
-        "nasforge.methods.darts", "nasforge.methods.smash",
+        "nasforge.methods.darts", "nasforge.methods.gdas", "nasforge.methods.smash", "nasforge.methods.snas",
     ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),
