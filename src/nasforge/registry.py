@@ -27,7 +27,8 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "method": (
         "nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas",
         "nasforge.methods.darts", "nasforge.methods.dso_nas", "nasforge.methods.gdas", "nasforge.methods.smash",
-        "nasforge.methods.p_darts", "nasforge.methods.pc_darts", "nasforge.methods.snas",
+        "nasforge.methods.enas", "nasforge.methods.one_shot", "nasforge.methods.p_darts", "nasforge.methods.pc_darts",
+        "nasforge.methods.rsps", "nasforge.methods.snas",
     ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),

@@ -93,6 +93,10 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([a, y], dim=1))
 
 
+def _exporting() -> bool:
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+
+
 @functools.lru_cache(maxsize=64)
 def _inverse_counts(h: int, w: int, stride: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     ones = torch.ones(1, 1, h, w, dtype=dtype, device=device)
@@ -116,6 +120,8 @@ class AvgPool3x3(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _exporting():  # ONNX has AveragePool: export the plain op
+            return F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
         c, h, w = x.shape[1:]
         kernel = x.new_ones(c, 1, 3, 3)
         out = F.conv2d(x, kernel, stride=self.stride, padding=1, groups=c)
@@ -137,7 +143,7 @@ class MaxPool3x3(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last):
+        if x.device.type != "cpu" or x.is_contiguous(memory_format=torch.channels_last) or _exporting():
             return F.max_pool2d(x, 3, self.stride, 1)
         out = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, self.stride, 1)
         return out.contiguous()

@@ -53,9 +53,15 @@ def _grads(loss: Tensor, tensors: Sequence[Tensor], *, create_graph: bool = Fals
     return [torch.zeros_like(t) if g is None else g for g, t in zip(gs, tensors)]
 
 
-def _assign(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+def _assign(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
     for p, g in zip(params, grads):
-        p.grad = g.detach()
+        # None where the loss does not depend on p (an op off the path): the optimizer then skips
+        # p entirely (no weight decay, no momentum), as when the op never ran in the references
+        p.grad = None if g is None else g.detach()
+
+
+def _grads_or_none(loss: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
+    return list(torch.autograd.grad(loss, list(tensors), allow_unused=True))
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:
@@ -68,7 +74,8 @@ def weight_step(
 ) -> tuple[float, Tensor]:
     """One SGD step of the supernet weights on ``batch`` along ``path``; returns (loss, logits).
 
-    Only the optimizer's parameters get gradients. ``extra_loss`` (e.g. a resource penalty) is
+    Only the optimizer's parameters get gradients; those off the path get ``grad = None`` and are
+    not touched by the optimizer (no decay, no momentum). ``extra_loss`` (e.g. a resource penalty) is
     added before differentiation.
     """
     x, y = batch
@@ -78,9 +85,9 @@ def weight_step(
         loss = loss + extra_loss
     value = check_finite(loss, where)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    _assign(params, _grads(loss, params))
+    _assign(params, _grads_or_none(loss, params))
     if grad_clip is not None:
-        nn.utils.clip_grad_norm_(params, grad_clip)
+        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
     optimizer.step()
     return value, logits.detach()
 
@@ -97,6 +104,8 @@ def arch_step(
         loss = loss + extra_loss_fn()
     value = check_finite(loss, where)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    # zeros, not None, for logits the loss does not reach (e.g. an edge whose sample is ``none``):
+    # the references compute such edges, so Adam's moments and decay still see a zero gradient
     _assign(params, _grads(loss, params))
     optimizer.step()
     return value, logits.detach()
