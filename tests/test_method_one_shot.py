@@ -19,8 +19,8 @@ from nasforge.data import load_data, split_train_valid
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.methods import one_shot as mod
 from nasforge.methods.one_shot import (
-    NodePathDropoutPolicy,
     OneShotConfig,
+    PathDropoutPolicy,
     ghost_batches,
     one_shot,
     scheduled_drop_rate,
@@ -61,7 +61,7 @@ def capture(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> dict[str, A
         got["supernet"] = build(**overrides)
         return got["supernet"]
 
-    class SpyPolicy(NodePathDropoutPolicy):
+    class SpyPolicy(PathDropoutPolicy):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             got["policy"] = self
@@ -72,7 +72,7 @@ def capture(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> dict[str, A
             return path
 
     monkeypatch.setattr(ctx, "supernet", supernet)
-    monkeypatch.setattr(mod, "NodePathDropoutPolicy", SpyPolicy)
+    monkeypatch.setattr(mod, "PathDropoutPolicy", SpyPolicy)
     return got
 
 
@@ -95,7 +95,7 @@ def test_drop_rate_rises_linearly_from_zero_to_r_over_the_steps() -> None:
 @pytest.mark.parametrize("rate", [0.3, 0.7])
 def test_all_paths_into_a_node_are_dropped_with_probability_r(rate: float) -> None:
     net = tiny_nb201()
-    policy = NodePathDropoutPolicy(net.choices(), net.edge_groups(), rate=rate)
+    policy = PathDropoutPolicy(net.choices(), net.edge_groups(), rate=rate)
     assert [policy.paths_into(g) for g in policy.groups] == [4, 8, 12]  # 4 non-'none' ops per edge into node 1/2/3
     torch.manual_seed(0)
     n = 2000
@@ -118,7 +118,7 @@ def test_all_paths_into_a_node_are_dropped_with_probability_r(rate: float) -> No
 
 def test_darts_nodes_count_the_paths_of_all_their_incoming_edges() -> None:
     net = nasforge.get_space("darts").supernet(C=4, layers=3, in_channels=1)
-    policy = NodePathDropoutPolicy(net.choices(), net.edge_groups(), rate=0.5)
+    policy = PathDropoutPolicy(net.choices(), net.edge_groups(), rate=0.5)
     assert [policy.paths_into(g) for g in policy.groups] == [14, 21, 28, 35] * 2  # 7 ops x 2..5 inputs, both cells
     torch.manual_seed(1)
     path = policy()
@@ -127,14 +127,14 @@ def test_darts_nodes_count_the_paths_of_all_their_incoming_edges() -> None:
 
 def test_path_dropout_policy_refuses_bad_rates_and_groups() -> None:
     net = tiny_nb201()
-    policy = NodePathDropoutPolicy(net.choices(), net.edge_groups())
+    policy = PathDropoutPolicy(net.choices(), net.edge_groups())
     for bad in (1.0, -0.1, math.nan, True):
         with pytest.raises(ConfigError, match="rate must be in"):
             policy.rate = bad
     with pytest.raises(ConfigError, match="exactly once"):
-        NodePathDropoutPolicy(net.choices(), [["edge_1_0"], ["edge_2_0", "edge_2_1"]])
+        PathDropoutPolicy(net.choices(), [["edge_1_0"], ["edge_2_0", "edge_2_1"]])
     with pytest.raises(ConfigError, match="every candidate is excluded"):
-        NodePathDropoutPolicy(net.choices(), net.edge_groups(), exclude=tuple(net.choices()["edge_1_0"]))
+        PathDropoutPolicy(net.choices(), net.edge_groups(), exclude=tuple(net.choices()["edge_1_0"]))
     assert list(policy.parameters()) == []  # no architecture parameters
 
 

@@ -11,7 +11,7 @@ Algorithm (as implemented), per training batch:
    its own forward pass, so every BatchNorm (replaced by
    :class:`~nasforge.nn.ghost_bn.GhostBatchNorm2d`, batch statistics only) normalises one
    ghost batch with its own statistics;
-2. path dropout (:class:`NodePathDropoutPolicy`): every candidate operation feeding a node is
+2. path dropout (:class:`PathDropoutPolicy`): every candidate operation feeding a node is
    dropped independently with probability ``rate ** (1 / k)``, ``k`` = the number of paths
    into that node (all non-``none`` candidates of all edges entering it), so all of a node's
    inputs are dropped together with probability ``rate``; then the node keeps one path drawn
@@ -50,16 +50,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
-from nasforge.errors import ConfigError
-from nasforge.nn.choice import Path
 from nasforge.nn.ghost_bn import check_ghost_batch_size, use_ghost_batchnorm
-from nasforge.policies.base import Policy
+from nasforge.policies.path_dropout import PathDropoutPolicy
 from nasforge.registry import register
 from nasforge.train.bilevel import Batch
 from nasforge.train.oneshot import (
@@ -119,78 +115,6 @@ def scheduled_drop_rate(step: int, total_steps: int, final_rate: float) -> float
     return final_rate * min(step, total_steps - 1) / (total_steps - 1)
 
 
-class NodePathDropoutPolicy(Policy):
-    """Path dropout with the rate defined per node: 0/1 masks over each key's candidates.
-
-    Args:
-        choices: the supernet's ``choices()``.
-        groups: keys grouped by the node their edges enter (``supernet.edge_groups()``); every
-            key in exactly one group.
-        rate: probability ``r`` that all paths into a node are dropped; each of its ``k`` paths
-            is dropped with ``r ** (1 / k)``.
-        exclude: candidates never run (``none``: it only adds zeros).
-
-    Masks are drawn from the global torch RNG (checkpointed by the search run). There are no
-    parameters; ``rate`` is set by the method every step.
-    """
-
-    name = "node_path_dropout"
-
-    def __init__(self, choices: Mapping[str, Sequence[str]], groups: Sequence[Sequence[str]], *,
-                 rate: float = 0.0, exclude: Sequence[str] = ("none",)) -> None:
-        super().__init__(choices)
-        flat = [k for g in groups for k in g]
-        if sorted(flat) != sorted(self.choices) or len(flat) != len(set(flat)):
-            raise ConfigError(f"node groups must hold every choice key exactly once; got {[list(g) for g in groups]}")
-        self.groups = [tuple(g) for g in groups]
-        self.exclude = tuple(exclude)
-        self._allowed = {
-            k: torch.tensor([0.0 if op in self.exclude else 1.0 for op in v]) for k, v in self.choices.items()
-        }
-        for group in self.groups:
-            if not any(bool(self._allowed[k].any()) for k in group):
-                raise ConfigError(f"node {list(group)}: every candidate is excluded ({', '.join(self.exclude)})")
-        self._rate = _check_rate(rate, "path dropout rate")
-
-    @property
-    def rate(self) -> float:
-        return self._rate
-
-    @rate.setter
-    def rate(self, value: float) -> None:
-        self._rate = _check_rate(value, "path dropout rate")
-
-    def paths_into(self, group: Sequence[str]) -> int:
-        """``k``: the number of candidates (paths) that may run into the node of ``group``."""
-        return int(sum(float(self._allowed[k].sum()) for k in group))
-
-    def draw(self, *, keep_one: bool = True) -> dict[str, torch.Tensor]:
-        """One mask per key; ``keep_one=False`` skips the keep-one rule (for statistics)."""
-        path: dict[str, torch.Tensor] = {}
-        for group in self.groups:
-            drop = self._rate ** (1.0 / self.paths_into(group)) if self._rate > 0 else 0.0
-            masks = {k: (torch.rand(len(self._allowed[k])) >= drop).float() * self._allowed[k] for k in group}
-            if keep_one and not any(bool(m.any()) for m in masks.values()):
-                slots = [(k, int(i)) for k in group for i in self._allowed[k].nonzero().flatten()]
-                k, i = slots[int(torch.randint(len(slots), ()))]
-                masks[k][i] = 1.0
-            path.update(masks)
-        return path
-
-    def forward(self) -> Path:
-        return self.draw()
-
-    def strengths(self) -> dict[str, torch.Tensor]:
-        """Every allowed candidate equally (One-Shot selects by ranking samples instead)."""
-        return {k: m.clone() for k, m in self._allowed.items()}
-
-    def get_extra_state(self) -> dict[str, float]:
-        return {"rate": self._rate}
-
-    def set_extra_state(self, state: dict[str, float]) -> None:
-        self.rate = float(state["rate"])
-
-
 def ghost_batches(batch: Batch, size: int | None) -> list[Batch]:
     """``batch`` cut into ghost batches of ``size`` examples (the last may be smaller); ``None``: one."""
     x, y = batch
@@ -203,7 +127,7 @@ def search(ctx: OneShotContext, cfg: OneShotConfig) -> OneShotResult:
     supernet = ctx.supernet()
     # batch statistics per ghost batch everywhere, in training and evaluation (before the optimizer exists)
     use_ghost_batchnorm(supernet, cfg.ghost_batch_size)
-    policy = NodePathDropoutPolicy(supernet.choices(), supernet.edge_groups(), exclude=("none",))
+    policy = PathDropoutPolicy(supernet.choices(), supernet.edge_groups(), exclude=("none",))
     w_opt, scheduler = sgd_cosine(supernet, cfg)
     run = ctx.open_run("one_shot", cfg, supernet=supernet, policy=policy, w_opt=w_opt, scheduler=scheduler)
     steps_per_epoch = run.steps_per_epoch(cfg.batch_size)

@@ -1,13 +1,12 @@
 """Path dropout: every candidate runs unless dropped; the kept ones are summed.
 
 Bender, Kindermans, Zoph, Vasudevan & Le, "Understanding and Simplifying One-Shot Architecture
-Search", ICML 2018 (sec. 3, "path dropout"): during one-shot training each operation feeding a
-node is zeroed out independently; with ``k`` candidates on a choice each is dropped with
-probability ``rate ** (1 / k)``, so all of them are dropped together with probability
-``rate``. The rate is raised linearly from 0 during training (the method sets :attr:`rate`).
-Where every candidate of a key would be dropped we keep one drawn uniformly, so a node always
-has an input (the paper's model always keeps the node's input path; our cell edges have none
-to fall back on).
+Search", ICML 2018 (sec. 3, "path dropout"), as described by secondary accounts (the paper text
+could not be read here, see ``nasforge.methods.one_shot``): the ``k`` paths (candidate
+operations) feeding a node are each dropped with probability ``rate ** (1 / k)``, so all of them
+are dropped together with probability ``rate``. Where every path into a node would be dropped one
+is kept, drawn uniformly, so a node always has an input. The method raises the rate linearly
+during training by setting :attr:`PathDropoutPolicy.rate`.
 """
 
 from __future__ import annotations
@@ -22,33 +21,47 @@ from nasforge.nn.choice import Path
 from nasforge.policies.base import Policy
 
 
-def _check_rate(rate: float) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 <= rate < 1:
+def _check_rate(rate: object) -> float:
+    ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and 0 <= rate < 1
+    if not ok:
         raise ConfigError(f"path dropout rate must be in [0, 1), got {rate!r}")
-    return float(rate)
+    return float(rate)  # type: ignore[arg-type]
 
 
 class PathDropoutPolicy(Policy):
-    """``forward()`` gives each key a 0/1 mask over its candidates (drawn from the global torch RNG).
+    """Path dropout with the rate defined per node: 0/1 masks over each key's candidates.
 
     Args:
         choices: the supernet's ``choices()``.
-        rate: probability that all candidates of a key would be dropped (0 = all kept).
-        exclude: candidate names never run (e.g. ``none``, which only adds zero).
+        groups: keys grouped by the node their edges enter (``supernet.edge_groups()``); every
+            key in exactly one group. ``None``: every key is a node of its own.
+        rate: probability ``r`` that all paths into a node are dropped; each of its ``k`` paths
+            is dropped with ``r ** (1 / k)``.
+        exclude: candidates never run (``none``: it only adds zeros).
+
+    Masks are drawn from the global torch RNG (checkpointed by the search run). There are no
+    parameters; ``rate`` is set by the method every step.
     """
 
     name = "path_dropout"
 
-    def __init__(self, choices: Mapping[str, Sequence[str]], *, rate: float = 0.0, exclude: Sequence[str] = ()) -> None:
+    def __init__(self, choices: Mapping[str, Sequence[str]], groups: Sequence[Sequence[str]] | None = None, *,
+                 rate: float = 0.0, exclude: Sequence[str] = ("none",)) -> None:
         super().__init__(choices)
-        self._rate = _check_rate(rate)
+        if groups is None:
+            groups = [[k] for k in self.choices]
+        flat = [k for g in groups for k in g]
+        if sorted(flat) != sorted(self.choices) or len(flat) != len(set(flat)):
+            raise ConfigError(f"node groups must hold every choice key exactly once; got {[list(g) for g in groups]}")
+        self.groups = [tuple(g) for g in groups]
         self.exclude = tuple(exclude)
         self._allowed = {
             k: torch.tensor([0.0 if op in self.exclude else 1.0 for op in v]) for k, v in self.choices.items()
         }
-        empty = [k for k, m in self._allowed.items() if not bool(m.any())]
-        if empty:
-            raise ConfigError(f"path dropout: every candidate of {empty[:5]} is excluded ({', '.join(self.exclude)})")
+        for group in self.groups:
+            if not any(bool(self._allowed[k].any()) for k in group):
+                raise ConfigError(f"node {list(group)}: every candidate is excluded ({', '.join(self.exclude)})")
+        self._rate = _check_rate(rate)
 
     @property
     def rate(self) -> float:
@@ -58,19 +71,28 @@ class PathDropoutPolicy(Policy):
     def rate(self, value: float) -> None:
         self._rate = _check_rate(value)
 
-    def forward(self) -> Path:
+    def paths_into(self, group: Sequence[str]) -> int:
+        """``k``: the number of candidates (paths) that may run into the node of ``group``."""
+        return int(sum(float(self._allowed[k].sum()) for k in group))
+
+    def draw(self, *, keep_one: bool = True) -> dict[str, torch.Tensor]:
+        """One mask per key; ``keep_one=False`` skips the keep-one rule (for statistics)."""
         path: dict[str, torch.Tensor] = {}
-        for key, allowed in self._allowed.items():
-            k = int(allowed.sum())
-            drop = self._rate ** (1.0 / k) if self._rate > 0 else 0.0
-            mask = (torch.rand(len(allowed)) >= drop).float() * allowed
-            if not bool(mask.any()):
-                candidates = allowed.nonzero().flatten()
-                mask[candidates[int(torch.randint(len(candidates), ()))]] = 1.0
-            path[key] = mask
+        for group in self.groups:
+            drop = self._rate ** (1.0 / self.paths_into(group)) if self._rate > 0 else 0.0
+            masks = {k: (torch.rand(len(self._allowed[k])) >= drop).float() * self._allowed[k] for k in group}
+            if keep_one and not any(bool(m.any()) for m in masks.values()):
+                slots = [(k, int(i)) for k in group for i in self._allowed[k].nonzero().flatten()]
+                k, i = slots[int(torch.randint(len(slots), ()))]
+                masks[k][i] = 1.0
+            path.update(masks)
         return path
 
+    def forward(self) -> Path:
+        return self.draw()
+
     def strengths(self) -> dict[str, torch.Tensor]:
+        """Every allowed candidate equally (One-Shot selects by ranking samples instead)."""
         return {k: m.clone() for k, m in self._allowed.items()}
 
     def get_extra_state(self) -> dict[str, float]:
