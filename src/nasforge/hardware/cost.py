@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nasforge.nn.ops import reference_ops
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -46,7 +48,7 @@ def count_flops(net: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         p = next(net.parameters(), None)
         x = torch.zeros((1, *input_shape), device=p.device if p is not None else "cpu")
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), reference_ops(), FlopCounterMode(display=False) as counter:
             net(x)
         return int(counter.get_total_flops())
     finally:

@@ -27,9 +27,8 @@ Algorithm as implemented:
   in the search stage only (the reference passes ``clip_gradient=2.0`` to the search optimizer);
 * adaptive FLOPs (sec. 3.4, eq. 9; used in the paper's CIFAR search): before every ``lambda``
   step the penalty of a block is ``gamma * FLOPs_kept / FLOPs_block``, with the FLOPs of every
-  candidate measured once on the supernet (``torch.utils.flop_counter``: identity, max pooling
-  and BN count 0; our average pooling is a depthwise 3x3 convolution and counts 9 MACs per
-  output) and summed over the cells that share its factor. Blocks are the cell types that own
+  candidate measured once on the supernet (``torch.utils.flop_counter`` inside
+  :func:`nasforge.nn.ops.reference_ops`: identity, pooling and BN count 0) and summed over the cells that share its factor. Blocks are the cell types that own
   factors: ``normal`` and ``reduce`` (darts), the one searched cell (nb201);
 * a factor that reaches exactly 0 prunes its operation: it is not executed again
   (:class:`~nasforge.nn.choice.Choice` skips zero weights and the policy marks it dead);
@@ -77,6 +76,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasforge.nn.choice import Choice, Supernet
+from nasforge.nn.ops import reference_ops
 from nasforge.policies.scaling import ScalingPolicy
 from nasforge.registry import register
 from nasforge.train.apg import APG
@@ -170,7 +170,7 @@ def candidate_flops(
         supernet.train(was_training)
     flops = {k: [0.0] * len(v) for k, v in choices.items()}
     for key, i, module, x in seen:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, reference_ops():
             module.eval()
             module(x)
         module.train(was_training)

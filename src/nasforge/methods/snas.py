@@ -18,9 +18,9 @@ the cost of candidate ``k`` summed over every cell that shares the edge key (the
 network's share of that decision). Costs are measured once, before the search, from each
 candidate module at its own input resolution: ``resource="params"`` counts its parameters,
 ``resource="flops"`` counts the FLOPs of one image with :class:`torch.utils.flop_counter.FlopCounterMode`
-(2 per multiply-add of convolutions and matrix products, so ``none``, identity skips and max
-pooling cost 0 and average pooling, which :mod:`nasforge.nn.ops` runs as a depthwise 3x3
-convolution, costs 18 per output pixel); both in millions. ``none``, identity skips and pools
+(2 per multiply-add of convolutions and matrix products, so ``none``, identity skips and
+pooling cost 0: pools are counted as pools, inside :func:`nasforge.nn.ops.reference_ops`); both
+in millions. ``none``, identity skips and pools
 have no parameters. ``R`` estimates ``grad_alpha E[C(Z)]`` in one of the three ways the
 reference offers (``--method``):
 
@@ -78,6 +78,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nasforge.errors import ConfigError
 from nasforge.nn.choice import Choice, Supernet
+from nasforge.nn.ops import reference_ops
 from nasforge.policies import GumbelPolicy
 from nasforge.registry import register
 from nasforge.train.bilevel import check_finite
@@ -221,7 +222,7 @@ def candidate_costs(
                 counter = FlopCounterMode(display=False)
                 was = cand.training
                 cand.eval()
-                with counter:  # two images: batch-statistics BN needs more than one value per channel
+                with counter, reference_ops():  # two images: batch-statistics BN needs more than one value per channel
                     cand(torch.zeros((2, c // m.partial, *spatial), device=device))
                 cand.train(was)
                 value = counter.get_total_flops() / 2

@@ -8,8 +8,9 @@ Definitions follow the reference code of DARTS (Liu et al. 2019, ``quark0/darts`
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +94,28 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([a, y], dim=1))
 
 
+_REFERENCE_OPS = [0]  # > 0 inside reference_ops(): the fast pools run as PyTorch's plain pooling
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Run :class:`AvgPool3x3` / :class:`MaxPool3x3` as PyTorch's pooling ops inside the block.
+
+    Used where the *operation* matters, not its speed: FLOP counting (``hardware.cost``, the
+    SNAS / DSO-NAS op costs) counts pooling as pooling (0 FLOPs in ``FlopCounterMode``), not as
+    the depthwise convolution the fast path runs. Nestable; values are the same either way.
+    """
+    _REFERENCE_OPS[0] += 1
+    try:
+        yield
+    finally:
+        _REFERENCE_OPS[0] -= 1
+
+
 def _exporting() -> bool:
-    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return bool(
+        _REFERENCE_OPS[0] > 0 or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    )
 
 
 @functools.lru_cache(maxsize=64)
