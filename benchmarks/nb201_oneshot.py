@@ -33,6 +33,7 @@ PARAMETER_FREE = ("none", "skip_connect", "avg_pool_3x3")
 PROTOCOL_OPTIONS: dict[str, dict[str, object]] = {
     "darts": {"weight_decay": 5e-4, "nesterov": True},  # NB201 paper's DARTS runs (xautodl DARTS.config)
     "darts2": {"order": 2, "weight_decay": 5e-4, "nesterov": True},
+    "gdas_ref": {"reference_gradient": True},  # GDAS with xautodl's gradient to unselected ops
     "pc_darts": {"lr": 0.025, "warmup_epochs": 3},  # batch 64 instead of 256: lr scaled by 1/4; warm-up 15/50 of the epochs
     "enas": {"weight_decay": 2.5e-4, "controller_steps": 50, "controller_num_aggregate": 20, "controller_lr": 1e-3,
              "controller_grad_clip": 5.0, "lstm_size": 32, "lstm_layers": 2, "temperature": 5.0, "tanh_constant": 2.5,
@@ -60,7 +61,7 @@ def main() -> int:
     ap.add_argument("--cache", default=str(ROOT / "runs" / "cache" / "cifar10"), help="where the CIFAR-10 batches are written")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb201_oneshot"))
     ap.add_argument("--methods", default="darts,darts2,gdas,snas,pc_darts,enas,rsps,one_shot,smash,dso_nas",
-                    help="one-shot methods; darts2 = darts with order=2")
+                    help="one-shot methods; darts2 = darts with order=2, gdas_ref = gdas with reference_gradient=true")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -88,7 +89,7 @@ def main() -> int:
     from nasforge.experiment import SearchConfig, run_search
 
     for method in methods:
-        name = "darts" if method == "darts2" else method
+        name = {"darts2": "darts", "gdas_ref": "gdas"}.get(method, method)
         if name not in registry.names("method"):
             print(f"skipping {method}: not a registered method")
             continue

@@ -353,3 +353,26 @@ def test_none_is_never_executed_in_a_mixture() -> None:
     assert torch.equal(choice(x, torch.tensor([0.7, 0.3])), 0.3 * x)
     assert calls["n"] == 0
     assert torch.equal(choice(x, torch.tensor([1.0, 0.0])), torch.zeros_like(x))  # only none: zeros
+
+
+def test_straight_through_selection_feeds_unselected_weights_the_summed_gradient() -> None:
+    from nasforge.nn.choice import StraightThrough
+
+    ops = {"a": Counting(1.0), "b": Counting(2.0), "c": Counting(3.0)}
+    choice = Choice(ops)
+    x = torch.randn(2, 4, 3, 3)
+    logits = torch.tensor([0.1, 0.2, 0.3], requires_grad=True)
+    soft = torch.softmax(logits, -1)
+    hard = torch.tensor([0.0, 1.0, 0.0]) - soft.detach() + soft
+    w = hard.detach().requires_grad_()
+    out = choice(x, StraightThrough(w))
+    assert torch.equal(out, choice(x, w.detach()))  # same value as the plain weights
+    assert (ops["a"].calls, ops["b"].calls, ops["c"].calls) == (0, 2, 0)  # still only the sampled op runs
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    assert w.grad is not None
+    assert torch.allclose(w.grad[0], upstream.sum()) and torch.allclose(w.grad[2], upstream.sum())
+    assert torch.allclose(w.grad[1], (upstream * 2 * x).sum())
+    net = tiny_nb201()
+    policy = HardGumbelPolicy(net.choices(), tau=5.0, reference_gradient=True)
+    assert all(isinstance(v, StraightThrough) for v in policy().values())

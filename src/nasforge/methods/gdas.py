@@ -35,9 +35,10 @@ Deviations from the paper / reference, stated explicitly:
 * The reference clips the gradient norm of ``network.parameters()`` (which includes the gradients
   of the architecture logits); here the clip covers the weights only, since the weight
   step computes no architecture gradient.
-* Unselected candidates contribute nothing to an edge output (see
-  :mod:`nasforge.policies.gumbel`): the reference adds ``h_j * 0`` for them, which changes no
-  value and only feeds ``dL/dh_j`` (here 0) to the logits.
+* By default unselected candidates contribute nothing to an edge output (see
+  :mod:`nasforge.policies.gumbel`). The reference adds each unselected weight ``h_j`` itself
+  (value 0) to the edge output (``... else weights[_ie]`` in xautodl's ``forward_gdas``), so
+  ``dL/dh_j`` is the sum of the upstream gradient; ``reference_gradient=True`` does the same.
 
 Defaults are the NAS-Bench-201 GDAS run (each field says where it comes from). The reference's
 DARTS-space run (``configs/search-opts/GDAS-NASNet-CIFAR.config``) differs only in
@@ -89,6 +90,7 @@ class GdasConfig:
     tau_max: float = 10.0  # Gumbel temperature of the first epoch (GDAS.sh --tau_max 10)
     tau_min: float = 0.1  # Gumbel temperature of the last epoch (GDAS.sh --tau_min 0.1)
     init_scale: float = 1e-3  # alpha starts at init_scale * N(0, 1) (search_model_gdas.py: 1e-3 * randn)
+    reference_gradient: bool = False  # True: unselected ops' zero weights are added to the edge output (xautodl)
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -118,7 +120,9 @@ def gdas_tau(epoch: int, epochs: int, tau_max: float, tau_min: float) -> float:
 
 def search(ctx: OneShotContext, cfg: GdasConfig) -> OneShotResult:
     supernet: Supernet = ctx.supernet()
-    policy = HardGumbelPolicy(supernet.choices(), tau=cfg.tau_max, init_scale=cfg.init_scale).to(ctx.device)
+    policy = HardGumbelPolicy(
+        supernet.choices(), tau=cfg.tau_max, init_scale=cfg.init_scale, reference_gradient=cfg.reference_gradient,
+    ).to(ctx.device)
     w_opt, scheduler = sgd_cosine(supernet, cfg)
     a_opt = torch.optim.Adam(
         policy.parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,

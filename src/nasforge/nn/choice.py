@@ -42,7 +42,20 @@ class Mix:
     scale: torch.Tensor
 
 
-Selection: TypeAlias = "str | torch.Tensor | Mix"
+@dataclass(frozen=True)
+class StraightThrough:
+    """A one-hot straight-through weight vector run as the GDAS reference runs it.
+
+    Only the candidate with a non-zero weight runs; every other candidate's (zero-valued) weight
+    is *added* to the output, so it receives the summed upstream gradient (xautodl
+    ``search_model_gdas.py``: ``sum(state * w if i == argmax else w ...)``). The output value
+    is the same as for the plain weight tensor; only the gradients of the weights differ.
+    """
+
+    weights: torch.Tensor
+
+
+Selection: TypeAlias = "str | torch.Tensor | Mix | StraightThrough"
 Path: TypeAlias = "Mapping[str, Selection]"
 
 
@@ -76,6 +89,13 @@ class Choice(nn.Module):
     def forward(self, x: torch.Tensor, selection: Selection) -> torch.Tensor:
         if isinstance(selection, Mix):
             return self.forward(x, selection.weights) * selection.scale
+        if isinstance(selection, StraightThrough):
+            weights = selection.weights
+            out = self.forward(x, weights)
+            inactive = weights.detach() == 0
+            if bool(inactive.any()):
+                out = out + weights[inactive].sum()  # value 0; gradient 1 x upstream for each unselected weight
+            return out
         if self.partial == 1:
             return self._run(x, selection)
         c = x.shape[1]

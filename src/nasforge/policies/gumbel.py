@@ -11,11 +11,12 @@
   forward and backward (:class:`~nasforge.nn.choice.Choice` skips zero weights). As the
   reference, a draw whose soft sample has an inf/NaN entry is redrawn.
 
-  Departure: the reference also adds each unselected weight ``h_j`` (value 0) to the edge
-  output so ``h_j`` receives the summed upstream gradient; here unselected candidates
-  contribute nothing and the logits get their gradient through ``h~``'s softmax of the
-  selected entry, the straight-through estimator the paper describes (sec. 3.2: only the
-  sampled operation is back-propagated).
+  The reference also adds each unselected weight ``h_j`` (value 0) to the edge output so
+  ``h_j`` receives the summed upstream gradient; ``HardGumbelPolicy(reference_gradient=True)``
+  does the same (a :class:`~nasforge.nn.choice.StraightThrough` selection). By default
+  unselected candidates contribute nothing and the logits get their gradient through ``h~``'s
+  softmax of the selected entry only, the straight-through estimator as the paper describes it
+  (sec. 3.2: only the sampled operation is back-propagated).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from nasforge.errors import ConfigError
-from nasforge.nn.choice import Path
+from nasforge.nn.choice import Path, StraightThrough
 from nasforge.policies.base import ArchLogits, Policy
 
 _MAX_REDRAWS = 100
@@ -107,5 +108,19 @@ class HardGumbelPolicy(GumbelPolicy):
     name = "hard_gumbel"
     hard = True
 
+    def __init__(
+        self, choices: Mapping[str, Sequence[str]], *, tau: float = 1.0, init_scale: float = 1e-3,
+        reference_gradient: bool = False,
+    ) -> None:
+        super().__init__(choices, tau=tau, init_scale=init_scale)
+        self.reference_gradient = bool(reference_gradient)
+
     def _logits(self, key: str) -> torch.Tensor:
         return torch.log_softmax(self.logits[key], dim=-1)
+
+    def forward(self) -> Path:
+        path = super().forward()
+        if not self.reference_gradient:
+            return path
+        # the reference's form: unselected candidates' zero weights are added to the edge output
+        return {k: StraightThrough(w) for k, w in path.items() if isinstance(w, torch.Tensor)}
