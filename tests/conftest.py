@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,3 +19,12 @@ def data_kit() -> Path:
     if not kit.is_dir():
         pytest.skip(f"data kit not found at {kit} (set ${KIT_ENV} to its path)")
     return kit
+
+
+@pytest.fixture(scope="session")
+def splits() -> tuple[Any, Any]:
+    """The built-in digits training set split 50/50 (train, validation), as the one-shot tests use it."""
+    from nasforge.data import load_data, split_train_valid
+
+    data = load_data("digits", None)
+    return split_train_valid(data.train, 0.5, seed=0)

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-import nasforge
+from _oneshot import make_ctx
 from nasforge import registry
-from nasforge.data import load_data, split_train_valid
 from nasforge.errors import ConfigError
 from nasforge.methods import gdas as gdas_mod
 from nasforge.methods.gdas import GdasConfig, gdas, gdas_tau
@@ -21,26 +20,11 @@ from nasforge.nn.choice import Choice
 from nasforge.policies import HardGumbelPolicy
 from nasforge.train.oneshot import OneShotContext, SearchRun
 
-NETS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 4, "N": 1, "affine": False, "track_running_stats": False},
-    "darts": {"C": 4, "layers": 3},
-}
 FAST = {"batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def splits() -> tuple[Any, Any]:
-    data = load_data("digits", None)
-    return split_train_valid(data.train, 0.5, seed=0)
 
 
-def make_ctx(splits: tuple[Any, Any], space: str = "nb201", **kwargs: Any) -> OneShotContext:
-    train, valid = splits
-    kwargs.setdefault("max_batches_per_epoch", 2)
-    return OneShotContext(
-        space=nasforge.get_space(space), train_set=train, valid_set=valid, num_classes=10, input_shape=(1, 8, 8),
-        supernet_kwargs=NETS[space], log=lambda _: None, **kwargs,
-    )
 
 
 def capture(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> dict[str, Any]:

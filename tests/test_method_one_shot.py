@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nasforge
+from _oneshot import make_ctx
 from nasforge import registry
-from nasforge.data import load_data, split_train_valid
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.methods import one_shot as mod
 from nasforge.methods.one_shot import (
@@ -27,29 +27,14 @@ from nasforge.methods.one_shot import (
 )
 from nasforge.nn.choice import Choice
 from nasforge.nn.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
+from nasforge.train.bilevel import weight_step_pieces
 from nasforge.train.oneshot import OneShotContext, SearchRun, path_accuracy
-from nasforge.train.sampled import active_weight_step
 
-NETS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 4, "N": 1, "affine": False, "track_running_stats": False},
-    "darts": {"C": 4, "layers": 3},
-}
 FAST: dict[str, Any] = {"batch_size": 16, "ghost_batch_size": 6, "num_samples": 12, "eval_batches": 2}
 
 
-@pytest.fixture(scope="module")
-def splits() -> tuple[Any, Any]:
-    data = load_data("digits", None)
-    return split_train_valid(data.train, 0.5, seed=0)
 
 
-def make_ctx(splits: tuple[Any, Any], space: str = "nb201", **kwargs: Any) -> OneShotContext:
-    train, valid = splits
-    kwargs.setdefault("max_batches_per_epoch", 2)
-    return OneShotContext(
-        space=nasforge.get_space(space), train_set=train, valid_set=valid, num_classes=10, input_shape=(1, 8, 8),
-        supernet_kwargs=NETS[space], log=lambda _: None, **kwargs,
-    )
 
 
 def capture(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> dict[str, Any]:
@@ -190,7 +175,7 @@ def test_each_ghost_batch_runs_its_own_mask_and_exactly_the_kept_candidates(
     ctx = make_ctx(splits)
     got = capture(monkeypatch, ctx)
     forwards: list[dict[str, Any]] = []
-    original = mod.active_weight_step
+    original = mod.weight_step_pieces
 
     def step(supernet: Any, pieces: Any, *args: Any, **kwargs: Any) -> Any:
         if not forwards:  # first step: hook every candidate and the supernet's forward
@@ -205,7 +190,7 @@ def test_each_ghost_batch_runs_its_own_mask_and_exactly_the_kept_candidates(
         assert len(forwards) - before == len(pieces)  # one forward pass per ghost batch
         return out
 
-    monkeypatch.setattr(mod, "active_weight_step", step)
+    monkeypatch.setattr(mod, "weight_step_pieces", step)
     one_shot(ctx, epochs=3, drop_rate=0.9, **FAST)
     net = got["supernet"]
     train = [f for f in forwards if isinstance(next(iter(f["path"].values())), torch.Tensor)]
@@ -241,9 +226,9 @@ def test_l2_and_momentum_reach_only_the_parameters_a_step_used() -> None:
         return {n: p.detach().clone() for n, p in net.named_parameters()}
 
     start = snapshot()
-    active_weight_step(net, [(conv, batch)], opt, loss_fn=F.cross_entropy, grad_clip=5.0, where="t")
+    weight_step_pieces(net, [(conv, batch)], opt, loss_fn=F.cross_entropy, grad_clip=5.0, where="t")
     after_conv = snapshot()
-    active_weight_step(net, [(skip, batch)], opt, loss_fn=F.cross_entropy, grad_clip=5.0, where="t")
+    weight_step_pieces(net, [(skip, batch)], opt, loss_fn=F.cross_entropy, grad_clip=5.0, where="t")
     after_skip = snapshot()
     conv3 = [n for n in start if ".candidates.nor_conv_3x3." in n]
     conv1 = [n for n in start if ".candidates.nor_conv_1x1." in n]

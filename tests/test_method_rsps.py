@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import nasforge
+from _oneshot import make_ctx
 from nasforge import registry
 from nasforge.arch import Arch
-from nasforge.data import load_data, split_train_valid
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.methods import rsps as mod
 from nasforge.methods.rsps import RspsConfig, rsps, two_stage_ranking
@@ -24,26 +24,11 @@ from nasforge.policies import UniformPolicy
 from nasforge.spaces.nb201 import OPS
 from nasforge.train.oneshot import OneShotContext, SearchRun, path_accuracy
 
-NETS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 4, "N": 1, "affine": False, "track_running_stats": False},
-    "darts": {"C": 4, "layers": 3},
-}
 FAST: dict[str, Any] = {"batch_size": 16, "num_samples": 12, "screen_batches": 1, "top_k": 4, "final_batches": 3}
 
 
-@pytest.fixture(scope="module")
-def splits() -> tuple[Any, Any]:
-    data = load_data("digits", None)
-    return split_train_valid(data.train, 0.5, seed=0)
 
 
-def make_ctx(splits: tuple[Any, Any], space: str = "nb201", **kwargs: Any) -> OneShotContext:
-    train, valid = splits
-    kwargs.setdefault("max_batches_per_epoch", 2)
-    return OneShotContext(
-        space=nasforge.get_space(space), train_set=train, valid_set=valid, num_classes=10, input_shape=(1, 8, 8),
-        supernet_kwargs=NETS[space], log=lambda _: None, **kwargs,
-    )
 
 
 def capture(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> dict[str, Any]:
@@ -84,7 +69,7 @@ def test_each_step_trains_exactly_the_single_path_of_a_uniform_sample(
     got = capture(monkeypatch, ctx)
     steps: list[dict[str, Any]] = []
     ran: list[tuple[int, str]] = []
-    original = mod.active_weight_step
+    original = mod.weight_step_pieces
 
     def step(supernet: Any, pieces: Any, *args: Any, **kwargs: Any) -> Any:
         if not steps:
@@ -99,7 +84,7 @@ def test_each_step_trains_exactly_the_single_path_of_a_uniform_sample(
         steps[-1]["moved"] = {n for n, p in supernet.named_parameters() if not torch.equal(before[n], p)}
         return out
 
-    monkeypatch.setattr(mod, "active_weight_step", step)
+    monkeypatch.setattr(mod, "weight_step_pieces", step)
     rsps(ctx, epochs=2, **FAST)
     net, sp = got["supernet"], ctx.space
     assert len(steps) == 4 and len(got["archs"]) == 4  # 2 epochs x 2 batches: one sample per step
@@ -132,7 +117,7 @@ def test_unsampled_candidates_get_no_weight_decay_or_momentum(
     ctx = make_ctx(splits, max_batches_per_epoch=3)
     got = capture(monkeypatch, ctx)
     snapshots: list[dict[str, torch.Tensor]] = []
-    original = mod.active_weight_step
+    original = mod.weight_step_pieces
 
     def step(supernet: Any, *args: Any, **kwargs: Any) -> Any:
         if not snapshots:
@@ -141,7 +126,7 @@ def test_unsampled_candidates_get_no_weight_decay_or_momentum(
         snapshots.append({n: p.detach().clone() for n, p in supernet.named_parameters()})
         return out
 
-    monkeypatch.setattr(mod, "active_weight_step", step)
+    monkeypatch.setattr(mod, "weight_step_pieces", step)
     rsps(ctx, epochs=1, weight_decay=0.1, momentum=0.9, **FAST)
     net = got["supernet"]
     paths = [net.path_for(a) for a in got["archs"]]

@@ -11,25 +11,17 @@ import torch
 from torch.utils.data import Subset
 
 import nasforge
+from _oneshot import NETS
 from nasforge import registry
-from nasforge.data import load_data, split_train_valid
 from nasforge.errors import ConfigError
 from nasforge.methods import snas as snas_mod
 from nasforge.methods.snas import SnasConfig, candidate_costs, concrete_log_prob, snas, snas_tau
 from nasforge.policies import GumbelPolicy
 from nasforge.train.oneshot import OneShotContext, SearchRun
 
-NETS: dict[str, dict[str, Any]] = {
-    "nb201": {"C": 4, "N": 1, "affine": False, "track_running_stats": False},
-    "darts": {"C": 4, "layers": 3},
-}
 FAST = {"batch_size": 16}
 
 
-@pytest.fixture(scope="module")
-def splits() -> tuple[Any, Any]:
-    data = load_data("digits", None)
-    return split_train_valid(data.train, 0.5, seed=0)
 
 
 def make_ctx(splits: tuple[Any, Any], space: str = "nb201", **kwargs: Any) -> OneShotContext:

@@ -450,11 +450,12 @@ def _run_one_shot(
             f"interrupted; the search checkpoint in {out / 'search'} is kept. Rerun the same command to resume."
         ) from None
     history = result.history
-    table = _table_lookup(cfg, space, result.arch)
-    if cfg.table:  # the NB201 protocol: the true accuracy of each epoch's derived cell
+    table: dict[str, float] | None = None
+    if cfg.table:  # the NB201 protocol: the true accuracy of the derived cell, and of each epoch's
         from nasforge.evaluators.table import NB201Table
 
-        lookup = NB201Table(space, cfg.table)
+        lookup = NB201Table(space, cfg.table)  # read the table once for all lookups
+        table = lookup(result.arch).metrics
         for record in history:
             if "arch" in record:
                 record["table_test_acc"] = lookup(space.parse(record["arch"])).metrics["test_acc"]

@@ -191,6 +191,7 @@ def controller_step(
     Then the summed (mean) gradient is clipped to ``grad_clip`` and ``optimizer`` steps once.
     ``means``: the averages of the step's ``valid_acc`` (%), ``reward``, ``entropy`` and ``controller_loss``.
     """
+    require_positive_int("num_aggregate", num_aggregate)
     optimizer.zero_grad(set_to_none=True)
     sums = {"valid_acc": 0.0, "reward": 0.0, "entropy": 0.0, "controller_loss": 0.0}
     for _ in range(num_aggregate):
@@ -209,8 +210,8 @@ def controller_step(
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(list(controller.parameters()), grad_clip)
     optimizer.step()
-    assert baseline is not None  # num_aggregate >= 1 samples set it
-    return baseline, {k: v / num_aggregate for k, v in sums.items()}
+    final = baseline if baseline is not None else 0.0  # always set: num_aggregate >= 1 samples ran
+    return final, {k: v / num_aggregate for k, v in sums.items()}
 
 
 def reward_batches(ctx: OneShotContext, batch_size: int, epoch: int, total: int, skip: int = 0) -> Iterator[Batch]:

@@ -20,7 +20,7 @@ Algorithm (as implemented), per training batch:
    (it only adds zeros); the fixed parts (stem, cell preprocessing, classifier) always run;
 3. one SGD step (momentum, cosine learning rate, gradient clip) on the mean loss of the ghost
    batches; L2 weight decay reaches only the parameters this step used: dropped candidates get
-   no gradient and are skipped by the optimizer (:func:`~nasforge.train.sampled.active_weight_step`).
+   no gradient and are skipped by the optimizer (:func:`~nasforge.train.bilevel.weight_step_pieces`).
 
 Then ``num_samples`` architectures are drawn uniformly (``space.sample`` with
 ``random.Random(seed)``), each is run as a single path of the supernet (everything outside its
@@ -48,28 +48,25 @@ Sources and deviations (stated explicitly):
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
 import torch.nn.functional as F
 
 from nasforge.nn.ghost_bn import check_ghost_batch_size, use_ghost_batchnorm
-from nasforge.policies.path_dropout import PathDropoutPolicy
+from nasforge.policies.path_dropout import PathDropoutPolicy, check_rate
 from nasforge.registry import register
-from nasforge.train.bilevel import Batch
+from nasforge.train.bilevel import Batch, weight_step_pieces
 from nasforge.train.oneshot import (
     OneShotContext,
     OneShotMethod,
     OneShotResult,
     accuracy,
     check_sgd,
-    require,
     require_positive_int,
     sgd_cosine,
 )
 from nasforge.train.sampled import (
-    active_weight_step,
     rank_architectures,
     ranking_records,
     sample_architectures,
@@ -96,16 +93,10 @@ class OneShotConfig:
 
     def __post_init__(self) -> None:
         check_sgd(self)
-        _check_rate(self.drop_rate, "drop_rate")
+        check_rate(self.drop_rate, "drop_rate")
         check_ghost_batch_size(self.ghost_batch_size)
         require_positive_int("num_samples", self.num_samples)
         require_positive_int("eval_batches", self.eval_batches)
-
-
-def _check_rate(rate: object, name: str) -> float:
-    ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and 0 <= rate < 1
-    require(ok, f"{name} must be in [0, 1), got {rate!r}")
-    return float(rate)  # type: ignore[arg-type]
 
 
 def scheduled_drop_rate(step: int, total_steps: int, final_rate: float) -> float:
@@ -139,7 +130,7 @@ def search(ctx: OneShotContext, cfg: OneShotConfig) -> OneShotResult:
         for b, train in run.train_batches(cfg.batch_size):
             policy.rate = scheduled_drop_rate(run.step, total_steps, cfg.drop_rate)
             pieces = [(policy(), ghost) for ghost in ghost_batches(train, cfg.ghost_batch_size)]
-            loss, logits = active_weight_step(
+            loss, logits = weight_step_pieces(
                 supernet, pieces, w_opt, loss_fn=F.cross_entropy, grad_clip=cfg.grad_clip,
                 where=f"epoch {epoch} batch {b} weight",
             )

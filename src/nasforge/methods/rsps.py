@@ -15,7 +15,7 @@ Algorithm (as implemented):
    single path. Only that path's parameters (and the fixed stem / preprocessing / classifier)
    get a gradient; the other candidates are skipped by the optimizer (no weight decay, no
    momentum), as in the reference, which sets every ``p.grad = None`` before backward and
-   runs only the nonzero-weight ops (:func:`~nasforge.train.sampled.active_weight_step`);
+   runs only the nonzero-weight ops (:func:`~nasforge.train.bilevel.weight_step_pieces`);
 2. selection (reference ``get_eval_arch``), in ``rounds`` rounds: draw ``num_samples``
    architectures uniformly, measure each under the shared weights on ``screen_batches``
    validation batches, then measure the ``top_k`` best of them on ``final_batches`` batches
@@ -59,6 +59,7 @@ from torch import Tensor
 from nasforge.arch import Arch
 from nasforge.policies import UniformPolicy
 from nasforge.registry import register
+from nasforge.train.bilevel import weight_step_pieces
 from nasforge.train.oneshot import (
     OneShotContext,
     OneShotMethod,
@@ -70,7 +71,6 @@ from nasforge.train.oneshot import (
     sgd_cosine,
 )
 from nasforge.train.sampled import (
-    active_weight_step,
     rank_architectures,
     ranking_records,
     sample_architectures,
@@ -136,7 +136,7 @@ def search(ctx: OneShotContext, cfg: RspsConfig) -> OneShotResult:
         lr = scheduler.get_last_lr()[0]
         for b, train in run.train_batches(cfg.batch_size):
             path = policy()  # a uniformly drawn architecture's single path
-            loss, logits = active_weight_step(
+            loss, logits = weight_step_pieces(
                 supernet, [(path, train)], w_opt, loss_fn=F.cross_entropy, grad_clip=cfg.grad_clip,
                 where=f"epoch {epoch} batch {b} weight",
             )

@@ -21,10 +21,11 @@ from nasforge.nn.choice import Path
 from nasforge.policies.base import Policy
 
 
-def _check_rate(rate: object) -> float:
+def check_rate(rate: object, name: str = "path dropout rate") -> float:
+    """``float(rate)`` or a :class:`ConfigError` naming ``name`` unless ``rate`` is in [0, 1)."""
     ok = isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and 0 <= rate < 1
     if not ok:
-        raise ConfigError(f"path dropout rate must be in [0, 1), got {rate!r}")
+        raise ConfigError(f"{name} must be in [0, 1), got {rate!r}")
     return float(rate)  # type: ignore[arg-type]
 
 
@@ -61,7 +62,7 @@ class PathDropoutPolicy(Policy):
         for group in self.groups:
             if not any(bool(self._allowed[k].any()) for k in group):
                 raise ConfigError(f"node {list(group)}: every candidate is excluded ({', '.join(self.exclude)})")
-        self._rate = _check_rate(rate)
+        self._rate = check_rate(rate)
 
     @property
     def rate(self) -> float:
@@ -69,7 +70,7 @@ class PathDropoutPolicy(Policy):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        self._rate = _check_rate(value)
+        self._rate = check_rate(value)
 
     def paths_into(self, group: Sequence[str]) -> int:
         """``k``: the number of candidates (paths) that may run into the node of ``group``."""

@@ -74,13 +74,35 @@ def weight_step(
 ) -> tuple[float, Tensor]:
     """One SGD step of the supernet weights on ``batch`` along ``path``; returns (loss, logits).
 
-    Only the optimizer's parameters get gradients; those off the path get ``grad = None`` and are
-    not touched by the optimizer (no decay, no momentum). ``extra_loss`` (e.g. a resource penalty) is
-    added before differentiation.
+    The one-piece case of :func:`weight_step_pieces`.
     """
-    x, y = batch
-    logits = supernet(x, path)
-    loss = loss_fn(logits, y)
+    return weight_step_pieces(
+        supernet, [(path, batch)], optimizer, loss_fn=loss_fn, grad_clip=grad_clip, where=where, extra_loss=extra_loss,
+    )
+
+
+def weight_step_pieces(
+    supernet: nn.Module, pieces: Sequence[tuple[Path, Batch]], optimizer: torch.optim.Optimizer, *,
+    loss_fn: LossFn, grad_clip: float | None, where: str, extra_loss: Tensor | None = None,
+) -> tuple[float, Tensor]:
+    """One step on the mean loss over ``pieces`` (``(path, batch)`` pairs, e.g. ghost batches).
+
+    Each piece runs as its own forward pass with its own path; the loss is the example-weighted
+    mean over the pieces (``loss_fn`` must average over its batch), plus ``extra_loss`` (e.g. a
+    resource penalty). Only the optimizer's parameters get gradients; those no piece reached get
+    ``grad = None`` and are not touched by the optimizer (no decay, no momentum), as when an op
+    never ran in the references. ``grad_clip`` bounds the norm of the gradients that exist.
+    Returns ``(loss, logits)`` with the logits of all pieces concatenated in order.
+    """
+    if not pieces:
+        raise ValueError("weight_step_pieces needs at least one (path, batch) piece")
+    total = sum(int(batch[1].shape[0]) for _, batch in pieces)
+    parts, logits = [], []
+    for path, (x, y) in pieces:
+        out = supernet(x, path)
+        parts.append(loss_fn(out, y) * (y.shape[0] / total))  # example-weighted: a short piece counts less
+        logits.append(out.detach())
+    loss = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
     if extra_loss is not None:
         loss = loss + extra_loss
     value = check_finite(loss, where)
@@ -89,7 +111,7 @@ def weight_step(
     if grad_clip is not None:
         nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
     optimizer.step()
-    return value, logits.detach()
+    return value, logits[0] if len(logits) == 1 else torch.cat(logits)
 
 
 def arch_step(
