@@ -16,6 +16,7 @@ from nasforge.data import load_data
 from nasforge.errors import ConfigError, NasforgeError
 from nasforge.evaluators.proxies import ProxyError
 from nasforge.evaluators.proxies.jacob_cov import jacob_cov_score
+from nasforge.evaluators.proxies.naswot import naswot_kernel
 from nasforge.evaluators.proxies.zen import global_pool
 from nasforge.spaces.nb201 import TinyNetwork
 
@@ -295,6 +296,38 @@ class _DeadBranch(nn.Module):
 def test_naswot_counts_only_relus_on_a_path_to_the_output() -> None:
     x = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
     assert nasforge.get_proxy("naswot")(_DeadBranch(), x) == pytest.approx(math.log(8.0))
+
+
+class _BranchOnData(nn.Module):
+    """Control flow that depends on the batch: the two-input reachability pass sees fewer calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(x)
+        if x.shape[0] > 2:
+            h = h + self.relu(-x)
+        return h
+
+
+def test_naswot_with_data_dependent_control_flow_marks_the_whole_batch() -> None:
+    x = torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    codes = [x > 0, -x > 0]
+    expected = float(torch.linalg.slogdet(naswot_kernel(codes))[1])
+    assert nasforge.get_proxy("naswot")(_BranchOnData(), x) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("units", [1, 2, 15, 16, 17, 64, 1000])
+def test_naswot_kernel_equals_the_hamming_definition(units: int) -> None:
+    gen = torch.Generator().manual_seed(units)
+    codes = [torch.rand(9, units, generator=gen) > 0.5, torch.rand(9, 3, generator=gen) > 0.3]
+    expected = torch.zeros(9, 9, dtype=torch.float64)
+    for c in codes:
+        hamming = (c[:, None, :] != c[None, :, :]).sum(-1)
+        expected += c.shape[1] - hamming.to(torch.float64)
+    assert torch.equal(naswot_kernel(codes), expected)
 
 
 def test_naswot_ignores_labels() -> None:
