@@ -41,9 +41,11 @@ def _fitness(arch: Arch) -> float:
 
 def test_registered_and_options() -> None:
     assert registry.get("method", "zennas") is ZenNASEvolution
-    assert ZenNASEvolution.options() == {"population_size": 512, "init_size": 11, "initial_structure": None}
+    assert ZenNASEvolution.options() == {"population_size": 512, "init_size": None, "initial_structure": None}
     s = ZenNASEvolution(ToySpace())
     assert (s.population_size, s.init_size, s.initial) == (512, 11, None)
+    # a population smaller than the reference's initial phase: the phase shrinks with it
+    assert ZenNASEvolution(ToySpace(), population_size=8).init_size == 8
 
 
 @pytest.mark.parametrize(
@@ -188,3 +190,23 @@ def test_improves_over_random_search_on_a_toy_landscape() -> None:
     # optimum 36; after 400 trials random search averages ~30 (measured 29.75), evolution ~36 (35.9)
     assert sum(evo) / len(evo) > sum(rnd) / len(rnd) + 4
     assert min(evo) > max(rnd)
+
+
+def test_default_start_is_the_spaces_reference_structure() -> None:
+    space = ZenNASSpace()
+    start = space.parse(INITIAL_STRUCTURES["cifar"])
+    assert space.starting_point() == start
+    assert ZenNASSpace(preset="imagenet").starting_point() == ZenNASSpace(preset="imagenet").parse(
+        INITIAL_STRUCTURES["imagenet"])
+    ev = ZenNASEvolution(space, seed=0, population_size=16)
+    assert ev.initial == start
+    for _ in range(ev.init_size):
+        child = ev.ask()
+        changed = {d.split("_")[0] for d in child if child[d] != start[d]}
+        assert len(changed) == 1, changed  # one unit (stem, a slot or the head) of the start redrawn
+        ev.tell(child, 0.0)
+    # widths that cannot express the reference start: no starting point, uniform samples
+    assert ZenNASSpace(widths=[24, 48]).starting_point() is None
+    assert ZenNASEvolution(ZenNASSpace(widths=[24, 48])).initial is None
+    assert ZenNASEvolution(space, initial_structure="uniform").initial is None
+    assert ToySpace().starting_point() is None

@@ -17,13 +17,14 @@ child is re-asked and never told, as in the reference, which ``continue``s past 
 
 Departures from the reference:
 
-- Initial population: the reference starts from one small hand-written structure and mutates
-  it while the population has at most 10 members. By default the first ``init_size`` members
-  here are uniform samples of the space; pass ``initial_structure`` (a string of the space) to
-  mutate that structure instead, as the reference does. Under a tight budget that is the
-  practical choice: a uniform sample of the default ``zennas`` ImageNet space has hundreds of
-  millions of parameters, so nearly every sample would be infeasible and re-asked
-  (``nasforge.spaces.zennas.INITIAL_STRUCTURES`` holds the reference's starting points).
+- Initial population: like the reference, the first ``init_size`` members are mutations of a
+  small starting structure: ``initial_structure`` if given, else the space's
+  :meth:`~nasforge.spaces.base.SearchSpace.starting_point` (for ``zennas``, the reference's
+  ``init_plainnet`` of the preset, :data:`nasforge.spaces.zennas.INITIAL_STRUCTURES`). Spaces
+  without one, or ``initial_structure="uniform"``, start from uniform samples instead. (Under a
+  budget that matters: a uniform sample of the ``zennas`` CIFAR space has around 150M
+  parameters and takes about 2 s per forward pass on this CPU, so nearly every sample is
+  infeasible and a latency check alone costs seconds each.)
 - The reference mutates two blocks per child after the initial phase (``num_replaces=2``); a
   child here is one ``space.mutate`` of its parent (the paper's Algorithm 1 mutates once).
 - The reference's ``max_layers`` limit has no counterpart; bound depth with the space's
@@ -51,10 +52,11 @@ class ZenNASEvolution(Searcher):
         seed: seed of ``self.rng``, the only source of randomness.
         population_size: P, the most members kept (paper: 512).
         init_size: members gathered before evolving (from ``initial_structure`` or uniform
-            samples); at most ``population_size``. Default 11: the reference mutates the initial
-            structure while the population has at most 10 members.
-        initial_structure: optional text form (``space.parse``) of the structure the initial
-            members are mutated from.
+            samples); at most ``population_size``. Default ``min(11, population_size)``: the
+            reference mutates the initial structure while the population has at most 10 members.
+        initial_structure: text form (``space.parse``) of the structure the initial members are
+            mutated from; None: the space's ``starting_point()`` (uniform samples if it has
+            none); ``"uniform"``: uniform samples.
 
     Raises:
         BudgetError: a size that is not a positive integer or ``init_size > population_size``.
@@ -68,10 +70,12 @@ class ZenNASEvolution(Searcher):
     )
 
     def __init__(
-        self, space: SearchSpace, *, seed: int = 0, population_size: int = 512, init_size: int = 11,
+        self, space: SearchSpace, *, seed: int = 0, population_size: int = 512, init_size: int | None = None,
         initial_structure: str | None = None,
     ) -> None:
         super().__init__(space, seed=seed)
+        if init_size is None:
+            init_size = min(11, population_size) if isinstance(population_size, int) else 11
         for what, v in (("population_size", population_size), ("init_size", init_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise BudgetError(f"{what} must be a positive integer, got {v!r}")
@@ -79,13 +83,18 @@ class ZenNASEvolution(Searcher):
             raise BudgetError(f"init_size must be <= population_size={population_size}, got {init_size}")
         self.population_size = population_size
         self.init_size = min(init_size, population_size)
-        self.initial: Arch | None = None if initial_structure is None else space.parse(initial_structure)
+        if initial_structure is None:
+            self.initial: Arch | None = space.starting_point()
+        elif initial_structure == "uniform":
+            self.initial = None
+        else:
+            self.initial = space.parse(initial_structure)
         self.population: list[tuple[Arch, float]] = []
 
     @classmethod
     def options(cls) -> dict[str, Any]:
         # P = 512 as in the paper and the reference scripts; init_size as the reference's "<= 10" rule.
-        return {"population_size": 512, "init_size": 11, "initial_structure": None}
+        return {"population_size": 512, "init_size": None, "initial_structure": None}
 
     def ask(self) -> Arch:
         if len(self.population) < self.init_size:

@@ -114,6 +114,14 @@ class SearchSpace(abc.ABC):
             return False
         return True
 
+    def starting_point(self) -> Arch | None:
+        """A small architecture that searches growing from one structure start from, or None.
+
+        Zen-NAS evolution starts by mutating such a structure (the reference's hand-written
+        ``init_plainnet``); a space without one (None) is searched from uniform samples.
+        """
+        return None
+
     def size(self) -> int:
         """Number of option combinations (an upper bound when ``check`` rejects some)."""
         n = 1

@@ -356,6 +356,14 @@ class ZenNASSpace(SearchSpace):
         return out
 
     # ---- strings -----------------------------------------------------------------------
+    def starting_point(self) -> Arch | None:
+        """The reference's initial structure of this preset (:data:`INITIAL_STRUCTURES`), or None
+        when the space's ``widths`` / ``head_widths`` / ``depths`` cannot express it."""
+        try:
+            return self.parse(INITIAL_STRUCTURES[self.preset])
+        except ArchError:
+            return None
+
     def blocks(self, arch: Arch) -> list[tuple[str, int, int, int, int, int]]:
         """Present blocks as ``(type, in, out, stride, bottleneck, sub_layers)`` in chain order."""
         self.validate(arch)
