@@ -34,6 +34,10 @@ TINY: dict[str, Any] = {
 }
 
 
+# nb201: 5, 5, 8 cells (N = 1, 1, 2) of width 4
+TINY_NB201: dict[str, Any] = {**TINY, "layers": 5, "add_layers": (0, 0, 3)}
+
+
 @pytest.fixture(scope="module")
 def digits():  # type: ignore[no-untyped-def]
     data = load_data("digits", None)
@@ -289,8 +293,89 @@ def test_bad_options_and_spaces_raise_typed_errors(digits) -> None:  # type: ign
     clash.supernet_kwargs = {"C": 8, "layers": 3}
     with pytest.raises(ConfigError, match="sets the supernet options \\['C', 'layers'\\] per stage"):
         p_darts(clash, **TINY)
-    with pytest.raises(UnknownNameError, match="valid: darts"):
-        p_darts(_ctx(digits, space="nb201"))
+    with pytest.raises(UnknownNameError, match="valid: darts, nb201"):
+        p_darts(_ctx(digits, space="mobilenet"))
+    # nb201: depths must be 3N + 2 cells, the first stage keeps all 5 operations
+    nb = _ctx(digits, space="nb201")
+    with pytest.raises(ConfigError, match="every stage needs 3N \\+ 2 cells"):
+        p_darts(nb, layers=5, add_layers=(0, 1, 6))
+    with pytest.raises(ConfigError, match="num_ops\\[0\\] must be 5"):
+        p_darts(nb, num_ops=(8, 5, 3))
+    with pytest.raises(ConfigError, match="sets the supernet options \\['N'\\] per stage"):
+        p_darts(_ctx(digits, space="nb201", supernet_kwargs={"N": 2}), **TINY_NB201)
     # lists (JSON, the command line) are accepted and stored as tuples
     assert PDartsConfig(num_ops=[8, 4], add_width=[0, 0], add_layers=[0, 3], dropout_rate=[0.0, 0.3],
                         arch_warmup_epochs=[10, 10]).num_ops == (8, 4)
+
+
+# ---- NB201 ------------------------------------------------------------------------------------
+def test_nb201_stages_shrink_ops_and_derive_with_the_skip_limit(digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from nasforge.spaces.nb201 import EDGE_NAMES, OPS, NB201Supernet
+
+    seen: list[NB201Supernet] = []
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        if isinstance(module, NB201Supernet) and (not seen or seen[-1] is not module):
+            seen.append(module)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        res = p_darts(_ctx(digits, tmp_path, space="nb201"), **TINY_NB201, max_skip_connect=1)
+    finally:
+        handle.remove()
+    # N = 1, 1, 2 cells per stage (3N + 2 cells), 5, 3, 2 operations per edge
+    assert [sum(1 for c in n.cells if type(c).__name__ == "NB201SearchCell") for n in seen] == [3, 3, 6]
+    for net, n_ops in zip(seen, (5, 3, 2)):
+        assert {len(ops) for ops in net.choices().values()} == {n_ops}
+        assert all(len(m.candidates) == n_ops for m in net.modules() if isinstance(m, Choice))
+    kept = res.info["kept_ops"]
+    for s in range(2):
+        alphas = _alphas(tmp_path, s)
+        for key in EDGE_NAMES:
+            probs = torch.softmax(alphas[key], -1).tolist()
+            strongest = sorted(range(len(kept[s][key])), key=lambda i: -probs[i])[: (3, 2)[s]]
+            assert kept[s + 1][key] == [kept[s][key][i] for i in sorted(strongest)]
+    # skip dropout wraps the identity skips of every cell
+    assert all(isinstance(m.candidates["skip_connect"], SkipDropout)
+               for m in seen[0].modules() if isinstance(m, Choice))
+    space = nasforge.get_space("nb201")
+    assert res.arch == space.derive(res.strengths)
+    assert sum(res.arch[k] == "skip_connect" for k in EDGE_NAMES) <= 1
+    last = _alphas(tmp_path, 2)
+    for key in EDGE_NAMES:
+        probs = dict(zip(kept[2][key], torch.softmax(last[key], -1).tolist()))
+        for i, op in enumerate(OPS):
+            if op not in probs:
+                assert res.strengths[key][i] == 0.0
+            elif not (op == "skip_connect" and res.strengths[key][i] == 0.0):
+                assert res.strengths[key][i] == pytest.approx(probs[op], abs=1e-7)
+
+
+def test_nb201_skip_limit_zeroes_the_weakest_skip_edges() -> None:
+    from nasforge.spaces.nb201 import EDGE_NAMES, OPS
+
+    space = nasforge.get_space("nb201")
+    skip, conv = OPS.index("skip_connect"), OPS.index("nor_conv_3x3")
+    strengths = {k: torch.zeros(5) for k in EDGE_NAMES}
+    for i, k in enumerate(EDGE_NAMES):
+        strengths[k][skip] = 0.5 + 0.01 * i  # every edge prefers skip; the earlier edges are weaker
+        strengths[k][conv] = 0.3
+    arch, limited, removed = limit_skip_connect(space, strengths, 2)
+    assert removed == 4
+    assert [arch[k] for k in EDGE_NAMES] == ["nor_conv_3x3"] * 4 + ["skip_connect"] * 2
+    assert space.derive(limited) == arch and float(strengths[EDGE_NAMES[0]][skip]) == 0.5
+
+
+def test_nb201_supernet_edge_ops() -> None:
+    from nasforge.spaces.nb201 import EDGE_NAMES
+
+    space = nasforge.get_space("nb201")
+    net = space.supernet(C=4, N=1, edge_ops={EDGE_NAMES[0]: ["skip_connect", "nor_conv_3x3"]})
+    assert net.choices()[EDGE_NAMES[0]] == ("skip_connect", "nor_conv_3x3")
+    assert len(net.choices()[EDGE_NAMES[1]]) == 5
+    y = net(torch.randn(2, 3, 8, 8), {k: torch.full((len(v),), 1.0 / len(v)) for k, v in net.choices().items()})
+    assert y.shape == (2, 10)
+    with pytest.raises(ConfigError, match="edge_ops names unknown edges \\['edge_9_0'\\]"):
+        space.supernet(edge_ops={"edge_9_0": ["none"]})
+    with pytest.raises(ConfigError, match="must be a non-empty subset of none, skip_connect"):
+        space.supernet(edge_ops={EDGE_NAMES[0]: ["sep_conv_3x3"]})

@@ -47,17 +47,26 @@ rebuilds each finished stage, loads its final alphas, recomputes the kept operat
 and goes on with the first unfinished stage at its checkpointed position. The history holds
 every stage's epochs, each record with its ``stage``.
 
-Spaces: ``darts`` only. The method is made of the darts space's structure: depth in cells that
-the evaluation network also stacks (20), a reduction and a normal cell, the top-2 edge
-derivation and a skip-connect limit on the normal cell. NAS-Bench-201's search network already
-has the evaluation depth (no gap to bridge), it has one cell type and derives one op per edge
-(``none`` included), so neither the depth schedule nor the skip limit carry over.
+Spaces: ``darts`` (the paper's) and ``nb201``. On NB201, an extension the paper does not run:
+
+* depth: the config's depths count cells, and an NB201 network of ``N`` cells per stage has
+  ``3N + 2`` (two fixed reduction blocks), so the default 5, 11, 17 cells are ``N`` = 1, 3, 5,
+  the last being the benchmark's own network (C=16, N=5); each stage's depth must be
+  ``3N + 2``;
+* operations: NB201's 5 (``none`` included); the default schedule keeps 5, 3, 2 per edge (the
+  darts 8, 5, 3 scaled to 5 candidates), chosen here, not from a paper;
+* derivation: NB201's rule (the strongest operation per edge, ``none`` included) on the last
+  stage's weights, dropped operations at 0; the skip-connect limit ``M`` counts the cell's
+  ``skip_connect`` edges (one cell type) and zeroes the weakest as on darts (ties to the earlier
+  edge in the official edge order);
+* skip dropout wraps every ``skip_connect`` (all NB201 edges have stride 1).
 
 Deviations from the reference:
 
-* The supernet options ``C`` and ``layers`` are this method's options (``C``, ``layers``,
-  ``add_width``, ``add_layers``); giving them (or ``edge_ops``) in the context's supernet
-  options is an error rather than being silently overridden.
+* The supernet's width and depth options (darts ``C`` / ``layers``, nb201 ``C`` / ``N``) are this
+  method's options (``C``, ``layers``, ``add_width``, ``add_layers``); giving them (or
+  ``edge_ops``) in the context's supernet options is an error rather than being silently
+  overridden.
 * Epoch ``e`` of a stage uses the cosine learning rate of ``e``; the reference steps the
   scheduler at the start of each epoch (pre-1.1 PyTorch), one epoch ahead.
 * Batches come from the engine's position-independent data order, which each stage's run starts
@@ -87,6 +96,8 @@ from nasforge.nn.choice import Choice, Supernet
 from nasforge.nn.ops import Identity
 from nasforge.policies import SoftmaxPolicy
 from nasforge.registry import register
+from nasforge.spaces import nb201
+from nasforge.spaces.base import SearchSpace
 from nasforge.spaces.darts import EDGE_KEYS, PRIMITIVES, DartsSpace, edge_key
 from nasforge.train.bilevel import check_finite, weight_step
 from nasforge.train.oneshot import (
@@ -103,8 +114,51 @@ from nasforge.train.oneshot import (
 )
 
 SKIP = "skip_connect"
-#: supernet options this method sets per stage (from its own config)
-STAGE_OPTIONS = ("C", "layers", "edge_ops")
+
+
+@dataclass(frozen=True)
+class SpaceRules:
+    """What P-DARTS needs to know of a cell space.
+
+    Attributes:
+        ops: the candidate operations in the space's order (what ``derive`` weights are indexed by).
+        edge_keys: the choice keys in the order ties are broken (the reference's edge order).
+        depth_option: the supernet option that sets the depth (``layers`` or ``N``).
+        num_ops: the default operations kept per edge in each stage.
+    """
+
+    ops: tuple[str, ...]
+    edge_keys: tuple[str, ...]
+    depth_option: str
+    num_ops: tuple[int, ...]
+
+    def depth_value(self, cells: int) -> int | None:
+        """The depth option's value for a network of ``cells`` cells, or None if there is none."""
+        if self.depth_option == "layers":
+            return cells if cells >= 3 else None  # fewer than 3 cells has no normal cell
+        return (cells - 2) // 3 if cells >= 5 and (cells - 2) % 3 == 0 else None  # nb201: 3N + 2 cells
+
+    def depth_rule(self) -> str:
+        if self.depth_option == "layers":
+            return ">= 3 cells (a normal and two reduction cells)"
+        return "3N + 2 cells with N >= 1 (N cells per stage and two reduction blocks): 5, 8, 11, ..."
+
+    def limited_skips(self, space: SearchSpace, arch: Arch) -> list[str]:
+        """The keys of the ``skip_connect`` edges the skip-connect limit counts."""
+        if isinstance(space, DartsSpace):
+            return [edge_key("normal", 2 + k // 2, inp)
+                    for k, (op, inp) in enumerate(space.cell_edges(arch, "normal")) if op == SKIP]
+        return [key for key in self.edge_keys if arch[key] == SKIP]
+
+    def stage_options(self) -> tuple[str, ...]:
+        """The supernet options this method sets per stage."""
+        return ("C", self.depth_option, "edge_ops")
+
+
+RULES: dict[str, SpaceRules] = {
+    "darts": SpaceRules(ops=PRIMITIVES, edge_keys=EDGE_KEYS, depth_option="layers", num_ops=(8, 5, 3)),
+    "nb201": SpaceRules(ops=nb201.OPS, edge_keys=nb201.EDGE_NAMES, depth_option="N", num_ops=(5, 3, 2)),
+}
 
 
 def _int(value: object) -> bool:
@@ -116,7 +170,9 @@ class PDartsConfig:
     """P-DARTS hyper-parameters (reference ``chenxin061/pdarts`` / paper CIFAR-10 search defaults).
 
     The per-stage tuples (``add_width``, ``add_layers``, ``num_ops``, ``dropout_rate``,
-    ``arch_warmup_epochs``) have one entry per stage and must all have the same length.
+    ``arch_warmup_epochs``) have one entry per stage and must all have the same length. Depths
+    count cells on both spaces (see the module docstring for nb201); ``num_ops`` None is the
+    space's schedule (darts 8, 5, 3; nb201 5, 3, 2).
     """
 
     epochs: int = 25  # epochs per stage (train_search.py --epochs 25)
@@ -135,22 +191,27 @@ class PDartsConfig:
     layers: int = 5  # cells of the first stage's supernet (--layers 5)
     add_width: tuple[int, ...] = (0, 0, 0)  # channels added per stage (add_width default [0, 0, 0])
     add_layers: tuple[int, ...] = (0, 6, 12)  # cells added per stage: 5, 11, 17 (add_layers default [0, 6, 12])
-    num_ops: tuple[int, ...] = (8, 5, 3)  # candidate ops per edge in each stage (num_to_keep [5, 3, 1])
+    num_ops: tuple[int, ...] | None = None  # candidate ops per edge in each stage; darts (8, 5, 3) (num_to_keep [5, 3, 1])
     dropout_rate: tuple[float, ...] = (0.0, 0.4, 0.7)  # initial skip dropout per stage (paper, CIFAR-10)
     arch_warmup_epochs: tuple[int, ...] = (10, 10, 10)  # epochs without arch steps per stage (eps_no_archs)
     dropout_decay: float = 0.2  # after warm-up p = p_s * exp(-dropout_decay * (e - W)) (scale_factor 0.2)
     max_skip_connect: int | None = 2  # M: most skip_connect in the final normal cell (paper); None: no limit
 
     def __post_init__(self) -> None:
-        for name in ("add_width", "add_layers", "num_ops", "dropout_rate", "arch_warmup_epochs"):
+        names = ("add_width", "add_layers", "num_ops", "dropout_rate", "arch_warmup_epochs")
+        for name in names:
             value = getattr(self, name)
+            if name == "num_ops" and value is None:
+                continue
             require(isinstance(value, (tuple, list)) and len(value) > 0,
                     f"{name} must be a non-empty sequence (one entry per stage), got {value!r}")
             object.__setattr__(self, name, tuple(value))  # lists from JSON / the CLI become tuples
-        stages = len(self.num_ops)
-        for name in ("add_width", "add_layers", "dropout_rate", "arch_warmup_epochs"):
-            require(len(getattr(self, name)) == stages,
-                    f"{name} has {len(getattr(self, name))} entries but num_ops has {stages} (one per stage)")
+        ref = "num_ops" if self.num_ops is not None else "add_layers"
+        stages = len(getattr(self, ref))
+        for name in names:
+            if name != ref and getattr(self, name) is not None:
+                require(len(getattr(self, name)) == stages,
+                        f"{name} has {len(getattr(self, name))} entries but {ref} has {stages} (one per stage)")
         check_sgd(self)
         check_adam(self)
         require(self.init_scale >= 0, f"init_scale must be >= 0, got {self.init_scale!r}")
@@ -159,14 +220,10 @@ class PDartsConfig:
         for name in ("add_width", "add_layers"):
             bad = [v for v in getattr(self, name) if not (_int(v) and v >= 0)]
             require(not bad, f"{name} entries must be ints >= 0, got {list(getattr(self, name))}")
-        depths = [self.layers + a for a in self.add_layers]
-        # fewer than 3 cells has no normal cell (reductions at layers // 3 and 2 * layers // 3)
-        require(min(depths) >= 3, f"every stage needs >= 3 cells (a normal and two reduction cells); depths {depths}")
         n = self.num_ops
-        require(all(_int(v) for v in n) and n[0] == len(PRIMITIVES),
-                f"num_ops[0] must be {len(PRIMITIVES)} (the first stage searches every primitive), got {list(n)}")
-        require(all(a > b for a, b in zip(n, n[1:])) and n[-1] >= 2,
-                f"num_ops must decrease strictly and end >= 2 (a non-'none' op must remain), got {list(n)}")
+        if n is not None:
+            require(all(_int(v) for v in n) and all(a > b for a, b in zip(n, n[1:])) and n[-1] >= 2,
+                    f"num_ops must decrease strictly and end >= 2 (a non-'none' op must remain), got {list(n)}")
         bad_rates = [r for r in self.dropout_rate if not (isinstance(r, (int, float)) and 0 <= r < 1)]
         require(not bad_rates, f"dropout_rate entries must be in [0, 1), got {list(self.dropout_rate)}")
         bad_warm = [w for w in self.arch_warmup_epochs if not (_int(w) and 0 <= w < self.epochs)]
@@ -177,9 +234,23 @@ class PDartsConfig:
         m = self.max_skip_connect
         require(m is None or (_int(m) and m >= 0), f"max_skip_connect must be an int >= 0 or None, got {m!r}")
 
+    def depths(self) -> list[int]:
+        """Cells of each stage's supernet."""
+        return [self.layers + a for a in self.add_layers]
+
+    def for_space(self, rules: SpaceRules) -> PDartsConfig:
+        """This config with the space's ``num_ops`` filled in, checked against the space."""
+        n = rules.num_ops if self.num_ops is None else self.num_ops
+        require(len(n) == self.stages, f"num_ops has {len(n)} entries but add_layers has {self.stages} (one per stage)")
+        require(n[0] == len(rules.ops),
+                f"num_ops[0] must be {len(rules.ops)} (the first stage searches every operation), got {list(n)}")
+        bad = [d for d in self.depths() if rules.depth_value(d) is None]
+        require(not bad, f"every stage needs {rules.depth_rule()}; depths {self.depths()}")
+        return dataclasses.replace(self, num_ops=tuple(n))
+
     @property
     def stages(self) -> int:
-        return len(self.num_ops)
+        return len(self.add_layers)
 
 
 # ---- pieces -------------------------------------------------------------------------------
@@ -220,19 +291,21 @@ def skip_dropout_rate(rate: float, epoch: int, epochs: int, warmup: int, decay: 
     return rate * math.exp(-(epoch - warmup) * decay)
 
 
-def full_strengths(choices: Mapping[str, Sequence[str]], weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per key the 8 weights in :data:`PRIMITIVES` order, dropped operations at 0 (what ``derive`` reads)."""
+def full_strengths(
+    choices: Mapping[str, Sequence[str]], weights: Mapping[str, torch.Tensor], ops: Sequence[str] = PRIMITIVES,
+) -> dict[str, torch.Tensor]:
+    """Per key one weight per operation of ``ops`` (the space's order), dropped ones at 0 (what ``derive`` reads)."""
     out = {}
-    for key, ops in choices.items():
-        full = torch.zeros(len(PRIMITIVES))
-        for op, w in zip(ops, weights[key].detach().cpu().tolist()):
-            full[PRIMITIVES.index(op)] = w
+    for key, kept in choices.items():
+        full = torch.zeros(len(ops))
+        for op, w in zip(kept, weights[key].detach().cpu().tolist()):
+            full[list(ops).index(op)] = w
         out[key] = full
     return out
 
 
 def drop_weakest(choices: Mapping[str, Sequence[str]], weights: Mapping[str, torch.Tensor], keep: int) -> dict[str, list[str]]:
-    """The ``keep`` strongest operations of every edge, in :data:`PRIMITIVES` order (reference ``get_min_k``)."""
+    """The ``keep`` strongest operations of every edge, in their order (reference ``get_min_k``)."""
     out = {}
     for key, ops in choices.items():
         w = weights[key].detach().cpu().tolist()
@@ -244,25 +317,24 @@ def drop_weakest(choices: Mapping[str, Sequence[str]], weights: Mapping[str, tor
 
 
 def limit_skip_connect(
-    space: DartsSpace, strengths: Mapping[str, torch.Tensor], max_skip: int | None,
+    space: SearchSpace, strengths: Mapping[str, torch.Tensor], max_skip: int | None,
 ) -> tuple[Arch, dict[str, torch.Tensor], int]:
-    """Derive, then while the normal cell has more than ``max_skip`` skip_connect, zero the weakest one and re-derive.
+    """Derive, then while the limited cell (darts: normal; nb201: the cell) has more than ``max_skip``
+    skip_connect, zero the weakest one and re-derive.
 
     Returns the architecture, the strengths it was derived from and how many skip weights were zeroed.
     """
+    rules = RULES[space.name]
     weights = {k: v.detach().clone().float().cpu() for k, v in strengths.items()}
     arch = space.derive(weights)
     removed = 0
-    skip = PRIMITIVES.index(SKIP)
+    skip = rules.ops.index(SKIP)
     while max_skip is not None:
-        skips = [
-            edge_key("normal", 2 + k // 2, inp)
-            for k, (op, inp) in enumerate(space.cell_edges(arch, "normal")) if op == SKIP
-        ]
+        skips = rules.limited_skips(space, arch)
         if len(skips) <= max_skip:
             break
-        # the reference's np.argmin over edges in EDGE_KEYS order: ties go to the earlier edge
-        weakest = min(skips, key=lambda key: (float(weights[key][skip]), EDGE_KEYS.index(key)))
+        # the reference's np.argmin over edges in its edge order: ties go to the earlier edge
+        weakest = min(skips, key=lambda key: (float(weights[key][skip]), rules.edge_keys.index(key)))
         weights[weakest][skip] = 0.0
         removed += 1
         arch = space.derive(weights)
@@ -290,8 +362,10 @@ def _arch_step(
 
 def stage_context(ctx: OneShotContext, cfg: PDartsConfig, stage: int, kept: Mapping[str, Sequence[str]] | None) -> OneShotContext:
     """``ctx`` with stage ``stage``'s supernet options and checkpoint directory ``run_dir/stage{stage}``."""
+    rules = RULES[ctx.space.name]
     kwargs: dict[str, Any] = {
-        **ctx.supernet_kwargs, "C": cfg.C + cfg.add_width[stage], "layers": cfg.layers + cfg.add_layers[stage],
+        **ctx.supernet_kwargs, "C": cfg.C + cfg.add_width[stage],
+        rules.depth_option: rules.depth_value(cfg.layers + cfg.add_layers[stage]),
     }
     if kept is not None:
         kwargs["edge_ops"] = {k: list(v) for k, v in kept.items()}
@@ -302,9 +376,13 @@ def stage_context(ctx: OneShotContext, cfg: PDartsConfig, stage: int, kept: Mapp
 # ---- the search ---------------------------------------------------------------------------
 def search(ctx: OneShotContext, cfg: PDartsConfig) -> OneShotResult:
     space = ctx.space
-    if not isinstance(space, DartsSpace):  # pragma: no cover - OneShotMethod checks the space name
-        raise ConfigError(f"p_darts needs the darts space, got {space.name!r}")
-    clash = sorted(set(STAGE_OPTIONS) & set(ctx.supernet_kwargs))
+    if space.name not in RULES:  # pragma: no cover - OneShotMethod checks the space name
+        raise ConfigError(f"p_darts runs on {', '.join(RULES)}, got {space.name!r}")
+    rules = RULES[space.name]
+    cfg = cfg.for_space(rules)
+    if cfg.num_ops is None:  # pragma: no cover - for_space fills it in
+        raise RuntimeError("num_ops not set")
+    clash = sorted(set(rules.stage_options()) & set(ctx.supernet_kwargs))
     require(not clash, f"p_darts sets the supernet options {clash} per stage; give the width and depth as the method "
                        f"options C, layers, add_width, add_layers instead of supernet options")
     kept: dict[str, list[str]] | None = None  # None: every primitive on every edge (first stage)
@@ -350,13 +428,13 @@ def search(ctx: OneShotContext, cfg: PDartsConfig) -> OneShotResult:
             scheduler.step()
             run.epoch_done(
                 stage=stage, lr=lr, skip_dropout=p, arch_trained=train_arch,
-                arch=derived(ctx, full_strengths(choices, policy.strengths())),
+                arch=derived(ctx, full_strengths(choices, policy.strengths(), rules.ops)),
             )
         history.extend(run.history)
         seconds += run.seconds()
         if stage + 1 < cfg.stages:
             kept = drop_weakest(choices, policy.strengths(), cfg.num_ops[stage + 1])
-    final = full_strengths(choices, policy.strengths())
+    final = full_strengths(choices, policy.strengths(), rules.ops)
     arch, strengths, removed = limit_skip_connect(space, final, cfg.max_skip_connect)
     out = result(
         ctx, run, strengths, kept_ops=kept_per_stage, skip_connect_removed=removed,
@@ -375,5 +453,5 @@ p_darts = register("method", "p_darts")(OneShotMethod(
     ),
     config_cls=PDartsConfig,
     search=search,
-    spaces=("darts",),
+    spaces=tuple(RULES),
 ))

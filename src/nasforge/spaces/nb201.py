@@ -18,7 +18,7 @@ Decision names are ``edge_<to>_<from>`` in the official edge order (0->1), (0->2
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -202,21 +202,34 @@ class NB201Supernet(Supernet):
             network completely.
         partial_channels: PC-DARTS ``K``: candidates see ``1/K`` of each cell's channels (the
             rest bypass them, see :class:`~nasforge.nn.choice.Choice`); 1 (default) is off.
+        edge_ops: P-DARTS search-space approximation: edge name -> the operations kept on it
+            (in :data:`OPS` order); edges not named keep all 5.
     """
 
     def __init__(
         self, *, num_classes: int = 10, in_channels: int = 3, C: int = 16, N: int = 5,
         affine: bool = True, track_running_stats: bool = True, partial_channels: int = 1,
+        edge_ops: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self._space = NB201Space()
         _check_partial(C, partial_channels)
+        edge_ops = dict(edge_ops or {})
+        unknown = sorted(set(edge_ops) - set(EDGE_NAMES))
+        if unknown:
+            raise ConfigError(f"edge_ops names unknown edges {unknown}; valid: {', '.join(EDGE_NAMES)}")
+        for name, ops in edge_ops.items():
+            if not ops or any(op not in OPS for op in ops) or len(set(ops)) != len(ops):
+                raise ConfigError(f"edge_ops[{name!r}] = {list(ops)} must be a non-empty subset of {', '.join(OPS)}")
 
         def make_cell(c: int) -> NB201SearchCell:
             edges: dict[str, Choice] = {}
             k = partial_channels
             for name in EDGE_NAMES:
-                candidates = {op: NB201_OPS[op](c // k, c // k, 1, affine, track_running_stats) for op in OPS}
+                kept = edge_ops.get(name, OPS)
+                candidates = {
+                    op: NB201_OPS[op](c // k, c // k, 1, affine, track_running_stats) for op in OPS if op in kept
+                }
                 # the key is recorded once (first cell); later cells share it but own new weights
                 edges[name] = (
                     Choice(candidates, partial=k) if name in self._choice_keys
@@ -352,13 +365,15 @@ class NB201Space(SearchSpace):
 
     def supernet(
         self, *, num_classes: int = 10, in_channels: int = 3, C: int = 16, N: int = 5,
-        affine: bool = True, track_running_stats: bool = True, partial_channels: int = 1, **kwargs: Any,
+        affine: bool = True, track_running_stats: bool = True, partial_channels: int = 1,
+        edge_ops: Mapping[str, Sequence[str]] | None = None, **kwargs: Any,
     ) -> NB201Supernet:
         """The NB201 weight-sharing supernet (see :class:`NB201Supernet`)."""
         _check_net_args(num_classes, in_channels, C, N, kwargs)
         return NB201Supernet(
             num_classes=num_classes, in_channels=in_channels, C=C, N=N,
             affine=affine, track_running_stats=track_running_stats, partial_channels=partial_channels,
+            edge_ops=edge_ops,
         )
 
     def derive(self, weights: Mapping[str, Any]) -> Arch:
