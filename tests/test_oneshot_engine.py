@@ -376,3 +376,44 @@ def test_straight_through_selection_feeds_unselected_weights_the_summed_gradient
     net = tiny_nb201()
     policy = HardGumbelPolicy(net.choices(), tau=5.0, reference_gradient=True)
     assert all(isinstance(v, StraightThrough) for v in policy().values())
+
+
+def test_single_path_none_edges_are_not_run_and_change_nothing() -> None:
+    from nasforge.nn.choice import sum_edges
+    from nasforge.nn.ops import Zero
+
+    ran: list[torch.nn.Module] = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, a, o: ran.append(m) if isinstance(m, Zero) else None)
+    try:
+        for name in ("nb201", "darts"):
+            space = nasforge.get_space(name)
+            torch.manual_seed(0)
+            net = space.supernet(C=4, N=1) if name == "nb201" else space.supernet(C=4, layers=3)
+            choices = net.choices()
+            # 'none' on every edge but one per node of the first half of the keys
+            path = {k: ("none" if i % 2 else [o for o in ops if o != "none"][0]) for i, (k, ops) in enumerate(choices.items())}
+            x = torch.randn(2, 3, 8, 8)
+            ran.clear()
+            net.zero_grad()
+            out = net(x, path)
+            out.sum().backward()
+            grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+            zeros_run = len(ran)
+            # the same path as one-hot weights (every edge summed, Zero included) gives the same values and grads
+            onehot = {k: torch.tensor([float(o == path[k]) for o in ops]) for k, ops in choices.items()}
+            net.zero_grad()
+            ref = net(x, onehot)
+            ref.sum().backward()
+            assert torch.allclose(out, ref, atol=1e-6)
+            for n, p in net.named_parameters():
+                if n in grads:
+                    assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+            # only nodes whose every input is 'none' run one Zero (for a zero tensor of the right shape)
+            assert zeros_run < sum(1 for k in path.values() if k == "none")
+    finally:
+        handle.remove()
+    # a node whose inputs are all 'none': a zero tensor of the edge's output shape (stride 2 here)
+    choice = Choice({"none": Zero(2, 2), "skip": torch.nn.Identity()})
+    out = sum_edges([(choice, torch.randn(1, 2, 4, 4), "none"), (choice, torch.randn(1, 2, 4, 4), "none")])
+    assert out.shape == (1, 2, 2, 2) and not out.any()

@@ -16,13 +16,17 @@ A Choice built with ``partial=K`` (PC-DARTS, Xu et al. 2020) runs its candidates
 ``C / K`` channels only; the other channels bypass them (max-pooled on a stride-2 edge) and the
 two parts are concatenated and channel-shuffled with ``K`` groups.
 
+Cells add up their edges with :func:`sum_edges`, which also leaves out edges whose single-path
+selection is ``none``: they would only add zeros, and running them costs full-size temporaries
+in the forward and backward passes (the stand-alone networks drop those edges too).
+
 A :class:`Supernet` is an ``nn.Module`` whose ``forward(x, path)`` takes a mapping from choice
 key to selection. There is no global or context state: the path is an argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -106,6 +110,15 @@ class Choice(nn.Module):
             tail = F.max_pool2d(tail, self.stride, self.stride)
         return channel_shuffle(torch.cat([self._run(head, selection), tail], dim=1), self.partial)
 
+    def adds_nothing(self, selection: Selection) -> bool:
+        """True when ``selection`` is the name of a ``none`` candidate and every channel goes
+        through the candidates: the edge's output is exactly zero (with ``partial`` the bypassed
+        channels still pass, so it is not)."""
+        return (
+            self.partial == 1 and isinstance(selection, str) and selection in self.candidates
+            and self._adds_nothing[self.options.index(selection)]
+        )
+
     def _run(self, x: torch.Tensor, selection: str | torch.Tensor) -> torch.Tensor:
         if isinstance(selection, str):
             if selection not in self.candidates:
@@ -130,6 +143,27 @@ class Choice(nn.Module):
                 ref = self.candidates[self.options[first]](x)
             return torch.zeros_like(ref)
         return out
+
+
+def sum_edges(edges: Iterable[tuple[nn.Module, torch.Tensor, Selection]]) -> torch.Tensor:
+    """The sum of ``choice(x, selection)`` over the edges entering a node.
+
+    Edges whose selection :meth:`Choice.adds_nothing` are left out; if that leaves none, the
+    first edge runs anyway, so the node is a zero tensor of the right shape (what the ``none``
+    op returns). Values and gradients are the same as summing every edge.
+    """
+    edges = list(edges)
+    out: torch.Tensor | None = None
+    for choice, x, selection in edges:
+        if isinstance(choice, Choice) and choice.adds_nothing(selection):
+            continue
+        y = choice(x, selection)
+        out = y if out is None else out + y
+    if out is None:
+        choice, x, selection = edges[0]
+        first: torch.Tensor = choice(x, selection)
+        return first
+    return out
 
 
 class Supernet(nn.Module):

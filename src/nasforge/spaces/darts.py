@@ -43,7 +43,7 @@ from torch import nn
 
 from nasforge.arch import Arch
 from nasforge.errors import ArchError, ConfigError
-from nasforge.nn.choice import Choice, Path, Supernet
+from nasforge.nn.choice import Choice, Path, Supernet, sum_edges
 from nasforge.nn.ops import DARTS_OPS, FactorizedReduce, Identity, ReLUConvBN, drop_path
 from nasforge.registry import register
 from nasforge.spaces.base import SearchSpace
@@ -526,16 +526,9 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, path: Path) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in range(2, 2 + self.steps):
-            out = self._edge(node, 0, states, path)
-            for j in range(1, node):
-                out = out + self._edge(node, j, states, path)
-            states.append(out)
+            keys = [edge_key(self.cell_type, node, j) for j in range(node)]
+            states.append(sum_edges((self.edges[k], states[j], path[k]) for j, k in enumerate(keys)))
         return torch.cat(states[-self.multiplier:], dim=1)
-
-    def _edge(self, node: int, j: int, states: Sequence[torch.Tensor], path: Path) -> torch.Tensor:
-        key = edge_key(self.cell_type, node, j)
-        out: torch.Tensor = self.edges[key](states[j], path[key])
-        return out
 
 
 class DartsSupernet(Supernet):

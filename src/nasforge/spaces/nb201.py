@@ -26,7 +26,7 @@ from torch import nn
 
 from nasforge.arch import Arch
 from nasforge.errors import ArchError, ConfigError
-from nasforge.nn.choice import Choice, Path, Supernet
+from nasforge.nn.choice import Choice, Path, Supernet, sum_edges
 from nasforge.nn.ops import NB201_OPS, ReLUConvBN
 from nasforge.registry import register
 from nasforge.spaces.base import SearchSpace
@@ -177,11 +177,8 @@ class NB201SearchCell(nn.Module):
     def forward(self, x: torch.Tensor, path: Path) -> torch.Tensor:
         nodes = [x]
         for to in range(1, _NUM_NODES):
-            out = self.edges[_edge_name(to, 0)](x, path[_edge_name(to, 0)])
-            for frm in range(1, to):
-                name = _edge_name(to, frm)
-                out = out + self.edges[name](nodes[frm], path[name])
-            nodes.append(out)
+            names = [_edge_name(to, frm) for frm in range(to)]
+            nodes.append(sum_edges((self.edges[n], nodes[frm], path[n]) for frm, n in enumerate(names)))
         return nodes[-1]
 
 
