@@ -20,7 +20,8 @@ Departures from the reference:
 - Initial population: like the reference, the first ``init_size`` members are mutations of a
   small starting structure: ``initial_structure`` if given, else the space's
   :meth:`~nasforge.spaces.base.SearchSpace.starting_point` (for ``zennas``, the reference's
-  ``init_plainnet`` of the preset, :data:`nasforge.spaces.zennas.INITIAL_STRUCTURES`). Spaces
+  ``init_plainnet`` of the preset, :data:`nasforge.spaces.zennas.INITIAL_STRUCTURES`, or
+  :data:`~nasforge.spaces.zennas.INITIAL_STRUCTURE_IDW` for MBConv-only ImageNet spaces). Spaces
   without one, or ``initial_structure="uniform"``, start from uniform samples instead. (Under a
   budget that matters: a uniform sample of the ``zennas`` CIFAR space has around 150M
   parameters and takes about 2 s per forward pass on this CPU, so nearly every sample is

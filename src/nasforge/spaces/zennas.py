@@ -1,11 +1,12 @@
-"""The Zen-NAS search space: chains of ResNet-style super blocks (a vanilla convolutional network).
+"""The Zen-NAS search space: chains of ResNet-style or MBConv-style super blocks.
 
 Paper: Lin, Wang, Sun, Chen, Sun, Qian, Li & Jin, "Zen-NAS: A Zero-Shot NAS for
 High-Performance Image Recognition", ICCV 2021. Reference implementation ``idstcv/ZenNAS``:
 ``PlainNet/super_blocks.py`` (``SuperConvK3BNRELU`` / ``SuperConvK1BNRELU``),
-``PlainNet/SuperResKXKX.py``, ``PlainNet/SuperResK1KXK1.py``, ``PlainNet/basic_blocks.py``
-(``ResBlock`` / ``ResBlockProj``), ``SearchSpace/search_space_XXBL.py`` (the mutation space) and
-the ``ZenNet/*.txt`` structure strings.
+``PlainNet/SuperResKXKX.py``, ``PlainNet/SuperResK1KXK1.py``, ``PlainNet/SuperResIDWEXKX.py``,
+``PlainNet/basic_blocks.py`` (``ResBlock`` / ``ResBlockProj``), ``SearchSpace/search_space_XXBL.py``
+and ``SearchSpace/search_space_IDW_fixfc.py`` (the mutation spaces) and the ``ZenNet/*.txt``
+structure strings.
 
 **Network.** A 3x3 conv-BN-ReLU stem, a chain of residual super blocks, a 1x1 conv-BN-ReLU
 head, global average pooling and a linear classifier. A super block
@@ -17,31 +18,59 @@ only the first has the block's stride and input width:
 - ``K1K{k}K1`` (``SuperResK1KXK1``): each sub-layer is *two* residual units
   ``conv 1x1(-> bottleneck) BN ReLU conv kxk(bottleneck, stride) BN ReLU conv 1x1(-> out) BN``;
   the second unit has stride 1.
+- ``IDWE{e}K{k}`` (``SuperResIDWEXKX``, the MBConv-style blocks of the FLOPs-constrained ImageNet
+  ZenNets; e in 1, 2, 4, 6 and k in 3, 5, 7): each sub-layer is *two* inverted-residual units,
+  ``conv 1x1(in -> m1) BN ReLU dwconv kxk(m1, stride) BN ReLU conv 1x1(m1 -> bottleneck) BN``
+  then ``conv 1x1(bottleneck -> m2) BN ReLU dwconv kxk(m2) BN ReLU conv 1x1(m2 -> out) BN``, with
+  ``m1 = bottleneck * e`` and ``m2 = out * e`` rounded to the nearest multiple of 8 (at least 8;
+  the reference ``smart_round(x, base=8)``). So the bottleneck is the width *between* the two
+  units, not a squeeze.
 
-Every unit adds its shortcut and then applies ReLU. As in the reference, the shortcut of a
-block's first unit is always a projection (1x1 conv with bias, then BN; ``ResBlockProj``), even
-where the shape does not change; the other units have identity shortcuts. ``build(...,
-residual=False)`` drops all shortcuts: the reference computes the Zen-score on this
-"no_reslink" network. BN layers use ``eps=1e-3`` (the reference ``MasterNet``).
+Every unit adds its shortcut and then applies ReLU (the MBConv-style units too, unlike
+MobileNetV2's linear bottlenecks). As in the reference, the shortcut of a block's first unit is
+always a projection (1x1 conv with bias, then BN; ``ResBlockProj``), even where the shape does
+not change; the other units have identity shortcuts, or the same projection where their input
+and output widths differ (``ResBlock``; only in ``IDW`` blocks whose bottleneck differs from
+their out width). ``build(..., residual=False)`` drops all shortcuts: the reference computes the
+Zen-score on this "no_reslink" network. BN layers use ``eps=1e-3`` (the reference ``MasterNet``).
+Left out: the squeeze-and-excitation variant of the ``IDW`` blocks (the reference's ``use_se``,
+which inserts ``SE(m)`` after each depthwise conv's ReLU): it is a flag of the whole network,
+not part of the structure string, and the reference *searches* without it and switches it on
+only for training the FLOPs-constrained ZenNets. Also left out: Swish (``basic_blocks.py`` has a
+``Swish`` block and a ReLU-to-Swish helper, but neither the ``IDW`` blocks nor the ZenNet model
+zoo use them).
 
 **Discretisation.** The reference search mutates a variable-length block list: it replaces a
-uniformly chosen block by one drawn uniformly from {the six block types} x {out width x
+uniformly chosen block by one drawn uniformly from {the block types} x {out width x
 2.5, 2, 1.5, 1.25, 1, 1/1.25, 1/1.5, 1/2, 1/2.5} x {bottleneck width x the same factors} x
 {sub_layers + 0, +-1, +-2}, widths rounded to multiples of 8 in [8, 2048], the stride kept; and
 it splits a block with ``sub_layers >= 6`` into two blocks of 3 sub-layers (the second with
-stride 1), which is how blocks are added. Here the chain has a fixed list of *slots*. Each
-downsampling position of the Zen-NAS initial structure (strides 1, 2, 2, 2 after a stride-1
-stem for ``preset="cifar"``; 2, 2, 2, 2 after a stride-2 stem for ``preset="imagenet"``) opens a
-*stage* with one mandatory slot of that stride, followed by ``extra_slots`` optional stride-1
-slots (the blocks that splitting inserts). Decisions, in order:
+stride 1), which is how blocks are added. The block types are those of one search-space file:
+the six ResNet-style types of ``search_space_XXBL.py`` (the CIFAR and latency-constrained
+ImageNet searches) or the twelve ``IDW`` types of ``search_space_IDW_fixfc.py`` (the
+FLOPs-constrained ImageNet searches; that file also never mutates the head). Here the chain has a
+fixed list of *slots*. Each downsampling position of the Zen-NAS initial structure (strides 1, 2,
+2, 2 after a stride-1 stem for ``preset="cifar"``; 2, 2, 2, 2 after a stride-2 stem for
+``preset="imagenet"``) opens a *stage* with one mandatory slot of that stride, followed by
+``extra_slots`` optional stride-1 slots (the blocks that splitting inserts). Decisions, in
+order:
 
 - ``stem``: stem width (from ``widths``);
-- per slot ``b{j}`` (``j`` counts slots from 0): ``b{j}_type`` in ``K3K3 K5K5 K7K7 K1K3K1
-  K1K5K1 K1K7K1`` (plus ``none`` on optional slots), ``b{j}_width`` (out width, from
-  ``widths``), ``b{j}_btl`` (bottleneck width, an *absolute* width from ``widths``: the
-  published ZenNets have bottleneck/out ratios from 0.08 to 2, so a ratio set could not hold
-  them), ``b{j}_depth`` (sub_layers, from ``depths``);
+- per slot ``b{j}`` (``j`` counts slots from 0): ``b{j}_type`` from ``block_types`` (plus
+  ``none`` on optional slots), ``b{j}_width`` (out width, from ``widths``), ``b{j}_btl``
+  (bottleneck width, an *absolute* width from ``widths``: the published ZenNets have
+  bottleneck/out ratios from 0.08 to 2, so a ratio set could not hold them), ``b{j}_depth``
+  (sub_layers, from ``depths``);
 - ``head``: width of the final 1x1 conv (from ``head_widths``).
+
+``block_types`` defaults to the six ResNet-style types ``K3K3 K5K5 K7K7 K1K3K1 K1K5K1 K1K7K1``
+for both presets; ``block_types=IDW_BLOCK_TYPES`` (any collection of names) gives the space of
+the FLOPs-constrained ImageNet searches, and any subset or union of the eighteen types may be
+chosen. The ``IDW`` types are opt-in because no reference search mixes the two families, and
+because adding them to the default would change every default space's decisions, and so the
+samples, mutations and encodings a given seed produces (existing structure strings would still
+parse and build the same); an ``IDW``-only ``imagenet`` default would in addition refuse the
+latency ZenNets.
 
 Widths default to every multiple of 8 up to 512 (cifar) or 1024 (imagenet), the head widths to
 every multiple of 8 up to 2048 or 4096, depths to 1..5 (the reference splits at 6). Structural
@@ -54,9 +83,22 @@ one-decision change: it picks one unit (stem, a slot, the head) uniformly and re
 the scaled-width / +-2-depth neighbourhood above, the widths snapped to the nearest option.
 Deviations: optional slots may also be switched off (``none``) or on (the new block starts from
 the preceding block's widths and depth, like a split), where the reference only ever adds
-blocks by splitting; and depth never exceeds ``depths`` instead of being split. The
-MBConv-style ``SuperResIDWE*`` blocks of the FLOPs-constrained ImageNet ZenNets are not part of
-this space.
+blocks by splitting; depth never exceeds ``depths`` instead of being split; the block type is
+drawn uniformly (the reference's candidate lists over-weight the first types of a file); and
+the head is mutated with ``IDW`` types too (``search_space_IDW_fixfc.py`` keeps it: pass
+``head_widths=[2048]`` for that).
+
+**Published networks.** The CIFAR ZenNets and the latency-constrained ImageNet ZenNets use the
+ResNet-style blocks (constants ``ZENNET_*`` below). Every published ``IDW`` ZenNet
+(``zennet_imagenet1k_flops{400,600,900}M_SE_res224``) is the SE variant (its model-zoo entry in
+``ZenNet/__init__.py`` sets ``use_SE``), so no constant here claims to be one. Their structure
+strings (``ZenNet/zennet_imagenet1k_flops*_res224.txt``) parse in ``preset="imagenet"`` with the
+``IDW`` types and build those networks without SE; the tests compare them with the published
+sizes: their MACs are 2-3% under the published FLOPs (which also count BN and SE terms); the
+400M and 600M networks have the published 5.7M and 7.1M parameters *without* SE (7.5M and 11.3M
+with it, so the published counts of those two seem to leave SE out), the 900M network has the
+published 19.4M only with SE (13.3M without; the tests add the SE parameters by the
+reference's formula).
 
 **Text form** (the reference structure string, no spaces)::
 
@@ -71,7 +113,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,11 +125,15 @@ from nasforge.errors import ArchError, ConfigError
 from nasforge.registry import register
 from nasforge.spaces.base import _MAX_REJECTIONS, SearchSpace
 
-#: Block types: name -> (kernel size, bottleneck family ``K1KXK1``?).
+#: ResNet-style block types (``search_space_XXBL.py``), the default ``block_types``: name ->
+#: (kernel size, bottleneck family ``K1KXK1``?).
 BLOCK_TYPES: dict[str, tuple[int, bool]] = {
     "K3K3": (3, False), "K5K5": (5, False), "K7K7": (7, False),
     "K1K3K1": (3, True), "K1K5K1": (5, True), "K1K7K1": (7, True),
 }
+#: MBConv-style block types ``SuperResIDWE{e}K{k}`` (``PlainNet/SuperResIDWEXKX.py``, in the order
+#: of ``search_space_IDW_fixfc.py``): name -> (kernel size, expansion ratio).
+IDW_BLOCK_TYPES: dict[str, tuple[int, int]] = {f"IDWE{e}K{k}": (k, e) for k in (3, 5, 7) for e in (1, 2, 4, 6)}
 NONE = "none"
 PRESETS: dict[str, dict[str, Any]] = {
     # stem stride, stage strides (the Zen-NAS initial structures of scripts/Zen_NAS_cifar_params1M.sh and
@@ -145,6 +191,14 @@ INITIAL_STRUCTURES: dict[str, str] = {
         "SuperResK3K3(128,256,2,128,1)SuperResK3K3(256,512,2,256,1)SuperConvK1BNRELU(512,512,1,1)"
     ),
 }
+#: The initial structure of the FLOPs-constrained ImageNet searches with ``IDW`` blocks
+#: (``scripts/Zen_NAS_ImageNet_flops{400,600,800}M.sh``, which write it to
+#: ``rescaled_initial_structure.txt``); the starting point of ``preset="imagenet"`` spaces that
+#: cannot express ``INITIAL_STRUCTURES["imagenet"]`` (e.g. without ``K3K3`` blocks).
+INITIAL_STRUCTURE_IDW = (
+    "SuperConvK3BNRELU(3,8,2,1)SuperResIDWE6K3(8,32,2,8,1)SuperResIDWE6K3(32,48,2,32,1)"
+    "SuperResIDWE6K3(48,96,2,48,1)SuperResIDWE6K3(96,128,2,96,1)SuperConvK1BNRELU(128,2048,1,1)"
+)
 
 _TOKEN_RE = re.compile(r"\s*([A-Za-z0-9_]+)\(([^()]*)\)\s*")
 _GRAMMAR = "SuperConvK3BNRELU(3,C,S,1) SuperRes<T>(IN,OUT,S,BTL,D)... SuperConvK1BNRELU(IN,C,1,1)"
@@ -172,6 +226,22 @@ def _width_grid(what: str, values: Sequence[int] | None, max_default: int) -> tu
     return tuple(sorted(values))
 
 
+def _block_types(values: Collection[str]) -> tuple[str, ...]:
+    """``values`` checked against every known block type, in the order of the type tables."""
+    valid = (*BLOCK_TYPES, *IDW_BLOCK_TYPES)
+    if isinstance(values, (str, bytes)) or not isinstance(values, Collection) or not values:
+        raise ConfigError(
+            f"block_types must be a non-empty collection of block type names, got {values!r}; valid: {', '.join(valid)}"
+        )
+    values = list(values)
+    bad = [v for v in values if v not in valid]
+    if bad:
+        raise ConfigError(f"unknown block_types {bad!r}; valid: {', '.join(valid)}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"block_types has duplicates: {values!r}")
+    return tuple(t for t in valid if t in values)
+
+
 @register("space", "zennas")
 class ZenNASSpace(SearchSpace):
     """Zen-NAS residual chain space (see the module docstring for the discretisation).
@@ -183,6 +253,9 @@ class ZenNASSpace(SearchSpace):
         widths: stem / block / bottleneck widths (default: multiples of 8 up to 512 or 1024).
         head_widths: widths of the final 1x1 conv (default: multiples of 8 up to 2048 or 4096).
         depths: sub_layers per block (default 1..5).
+        block_types: the block types ``b{j}_type`` draws from, any names of :data:`BLOCK_TYPES`
+            and :data:`IDW_BLOCK_TYPES` (default: the six of :data:`BLOCK_TYPES`; see the module
+            docstring for why the ``IDW`` types are opt-in). Kept in the order of those tables.
 
     Raises:
         ConfigError: a value outside the choices above.
@@ -197,6 +270,7 @@ class ZenNASSpace(SearchSpace):
     def __init__(
         self, *, preset: str = "cifar", extra_slots: int = 1, widths: Sequence[int] | None = None,
         head_widths: Sequence[int] | None = None, depths: Sequence[int] = (1, 2, 3, 4, 5),
+        block_types: Collection[str] = tuple(BLOCK_TYPES),
     ) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown zennas preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -209,6 +283,7 @@ class ZenNASSpace(SearchSpace):
         if depths is None:
             raise ConfigError("depths must be a non-empty sequence of positive integers, got None")
         self.depths = _width_grid("depths", depths, 0)
+        self.block_types = _block_types(block_types)
         self.stem_stride: int = p["stem_stride"]
         self.resolution: int = p["resolution"]
         slots: list[Slot] = []
@@ -220,7 +295,7 @@ class ZenNASSpace(SearchSpace):
         w, d = tuple(map(str, self.widths)), tuple(map(str, self.depths))
         decisions: dict[str, tuple[str, ...]] = {"stem": w}
         for slot in self.slots:
-            decisions[f"{slot.name}_type"] = tuple(BLOCK_TYPES) + ((NONE,) if slot.optional else ())
+            decisions[f"{slot.name}_type"] = self.block_types + ((NONE,) if slot.optional else ())
             decisions[f"{slot.name}_width"] = w
             decisions[f"{slot.name}_btl"] = w
             decisions[f"{slot.name}_depth"] = d
@@ -235,6 +310,7 @@ class ZenNASSpace(SearchSpace):
         return {
             "preset": self.preset, "extra_slots": self.extra_slots, "widths": list(self.widths),
             "head_widths": list(self.head_widths), "depths": list(self.depths),
+            "block_types": list(self.block_types),
         }
 
     def _absent_values(self, slot: Slot) -> dict[str, str]:
@@ -272,8 +348,8 @@ class ZenNASSpace(SearchSpace):
     def sample(self, rng: random.Random) -> Arch:
         """Each decision uniformly, then absent slots (and any slot after one) canonicalised.
 
-        So an optional slot is present with probability 6/7, and the k-th optional slot of a
-        stage with probability (6/7)^k.
+        So with ``n`` block types an optional slot is present with probability n/(n+1), and the
+        k-th optional slot of a stage with probability (n/(n+1))^k.
         """
         mapping = {d: rng.choice(opts) for d, opts in self._decisions.items()}
         return self.make(self._canonical(mapping))
@@ -357,12 +433,17 @@ class ZenNASSpace(SearchSpace):
 
     # ---- strings -----------------------------------------------------------------------
     def starting_point(self) -> Arch | None:
-        """The reference's initial structure of this preset (:data:`INITIAL_STRUCTURES`), or None
-        when the space's ``widths`` / ``head_widths`` / ``depths`` cannot express it."""
-        try:
-            return self.parse(INITIAL_STRUCTURES[self.preset])
-        except ArchError:
-            return None
+        """The reference's initial structure of this preset (:data:`INITIAL_STRUCTURES`); for
+        ``preset="imagenet"`` spaces that cannot express it, that of the ``IDW`` searches
+        (:data:`INITIAL_STRUCTURE_IDW`); None when the space's ``widths`` / ``head_widths`` /
+        ``depths`` / ``block_types`` can express neither."""
+        candidates = [INITIAL_STRUCTURES[self.preset]] + ([INITIAL_STRUCTURE_IDW] if self.preset == "imagenet" else [])
+        for text in candidates:
+            try:
+                return self.parse(text)
+            except ArchError:
+                continue
+        return None
 
     def blocks(self, arch: Arch) -> list[tuple[str, int, int, int, int, int]]:
         """Present blocks as ``(type, in, out, stride, bottleneck, sub_layers)`` in chain order."""
@@ -426,9 +507,11 @@ class ZenNASSpace(SearchSpace):
         for bi, (name, args) in enumerate(blocks, start=1):
             where = f"block {bi} {name}{tuple(args)}"
             t = name[len("SuperRes"):] if name.startswith("SuperRes") else ""
-            if t not in BLOCK_TYPES:
-                valid = ", ".join(f"SuperRes{b}" for b in BLOCK_TYPES)
-                raise ArchError(f"{where}: unknown block type; valid: {valid}")
+            if t not in self.block_types:
+                valid = ", ".join(f"SuperRes{b}" for b in self.block_types)
+                known = t in BLOCK_TYPES or t in IDW_BLOCK_TYPES
+                why = "block type not in this space's block_types" if known else "unknown block type"
+                raise ArchError(f"{where}: {why}; valid: {valid}")
             if len(args) != 5:
                 raise ArchError(f"{where}: needs 5 arguments (in, out, stride, bottleneck, sub_layers)")
             c_in, c_out, stride, btl, depth = args
@@ -510,9 +593,11 @@ class ZenNASSpace(SearchSpace):
 
 
 # ---- modules ------------------------------------------------------------------------------------
-def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = True) -> list[nn.Module]:
+def _conv_bn(
+    c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = True, groups: int = 1,
+) -> list[nn.Module]:
     layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, k, stride=stride, padding=(k - 1) // 2, bias=False),
+        nn.Conv2d(c_in, c_out, k, stride=stride, padding=(k - 1) // 2, groups=groups, bias=False),
         nn.BatchNorm2d(c_out, eps=BN_EPS),
     ]
     if relu:
@@ -523,8 +608,8 @@ def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, relu: bool = True) 
 class ResUnit(nn.Module):
     """``relu(body(x) + shortcut(x))``; the shortcut is a projection, the identity or absent.
 
-    The projection is the reference ``ResBlockProj``'s: a 1x1 conv *with* bias at the unit's
-    stride, then BN.
+    The projection is the reference ``ResBlockProj``'s (and ``ResBlock``'s where the shape
+    changes): a 1x1 conv *with* bias at the unit's stride, then BN.
     """
 
     def __init__(self, body: list[nn.Module], c_in: int, c_out: int, stride: int, shortcut: str) -> None:
@@ -545,21 +630,49 @@ class ResUnit(nn.Module):
         return torch.relu(y)
 
 
+def _shortcut(c_in: int, c_out: int, stride: int, first: bool, residual: bool) -> str:
+    """A unit's shortcut kind: the reference ``ResBlockProj`` (a block's first unit) always
+    projects, ``ResBlock`` (the others) only where the shape changes; none without ``residual``."""
+    if not residual:
+        return "none"
+    return "proj" if first or stride > 1 or c_in != c_out else "identity"
+
+
+def _round8(x: int) -> int:
+    """The reference ``smart_round(x, base=8)``: the nearest multiple of 8 (Python ``round``), at least 8."""
+    return max(8, round(x / 8) * 8)
+
+
 def super_block(kind: str, c_in: int, c_out: int, stride: int, btl: int, depth: int, residual: bool) -> nn.Sequential:
-    """A ``SuperRes<kind>`` block as in the reference: the stride is applied in its first sub-layer."""
-    k, bottleneck = BLOCK_TYPES[kind]
+    """A ``SuperRes<kind>`` block as in the reference: the stride is applied in its first sub-layer.
+
+    Raises:
+        ConfigError: ``kind`` is not in :data:`BLOCK_TYPES` or :data:`IDW_BLOCK_TYPES`.
+    """
+    if kind not in BLOCK_TYPES and kind not in IDW_BLOCK_TYPES:
+        raise ConfigError(f"unknown zennas block type {kind!r}; valid: {', '.join((*BLOCK_TYPES, *IDW_BLOCK_TYPES))}")
     units: list[nn.Module] = []
     for i in range(depth):
         c, s = (c_in, stride) if i == 0 else (c_out, 1)
-        first = ("proj" if i == 0 else "identity") if residual else "none"
+        if kind in IDW_BLOCK_TYPES:
+            # SuperResIDWEXKX: two inverted-residual units, c -> btl (stride s) and btl -> c_out.
+            k, e = IDW_BLOCK_TYPES[kind]
+            m = _round8(btl * e)
+            body = _conv_bn(c, m, 1) + _conv_bn(m, m, k, s, groups=m) + _conv_bn(m, btl, 1, relu=False)
+            units.append(ResUnit(body, c, btl, s, _shortcut(c, btl, s, i == 0, residual)))
+            m = _round8(c_out * e)
+            body = _conv_bn(btl, m, 1) + _conv_bn(m, m, k, groups=m) + _conv_bn(m, c_out, 1, relu=False)
+            units.append(ResUnit(body, btl, c_out, 1, _shortcut(btl, c_out, 1, False, residual)))
+            continue
+        k, bottleneck = BLOCK_TYPES[kind]
         if bottleneck:
             body = _conv_bn(c, btl, 1) + _conv_bn(btl, btl, k, s) + _conv_bn(btl, c_out, 1, relu=False)
-            units.append(ResUnit(body, c, c_out, s, first))
+            units.append(ResUnit(body, c, c_out, s, _shortcut(c, c_out, s, i == 0, residual)))
             body = _conv_bn(c_out, btl, 1) + _conv_bn(btl, btl, k) + _conv_bn(btl, c_out, 1, relu=False)
-            units.append(ResUnit(body, c_out, c_out, 1, "identity" if residual else "none"))
+            units.append(ResUnit(body, c_out, c_out, 1, _shortcut(c_out, c_out, 1, False, residual)))
         else:
             body = _conv_bn(c, btl, k, s) + _conv_bn(btl, c_out, k, relu=False)
-            units.append(ResUnit(body, c, c_out, s, first))
+            units.append(ResUnit(body, c, c_out, s, _shortcut(c, c_out, s, i == 0, residual)))
     return nn.Sequential(*units)
 
 
@@ -586,6 +699,7 @@ class ZenNet(nn.Module):
 
 
 __all__: list[str] = [
-    "BLOCK_TYPES", "INITIAL_STRUCTURES", "PRESETS", "WIDTH_SCALES", "DEPTH_STEPS", "ZENNET_CIFAR_05M", "ZENNET_CIFAR_1M",
-    "ZENNET_CIFAR_2M", "ZENNET_IMAGENET_01MS", "Slot", "ZenNASSpace", "ZenNet", "ResUnit", "super_block",
+    "BLOCK_TYPES", "IDW_BLOCK_TYPES", "INITIAL_STRUCTURES", "INITIAL_STRUCTURE_IDW", "PRESETS", "WIDTH_SCALES",
+    "DEPTH_STEPS", "ZENNET_CIFAR_05M", "ZENNET_CIFAR_1M", "ZENNET_CIFAR_2M", "ZENNET_IMAGENET_01MS", "Slot",
+    "ZenNASSpace", "ZenNet", "ResUnit", "super_block",
 ]
