@@ -76,7 +76,7 @@ def test_each_step_runs_one_candidate_per_edge_and_separates_weight_and_arch_upd
             ran.clear()
             out = original(supernet, *args, **kwargs)
             passes.append({
-                "kind": kind, "tau": policy.tau, "ran": list(ran),
+                "kind": kind, "tau": policy.tau, "ran": list(ran), "path": args[0] if kind == "weight" else None,
                 "choices": sum(isinstance(m, Choice) for m in supernet.modules()),
                 "alpha_same": all(torch.equal(a, p) for a, p in zip(alphas, policy.parameters())),
                 "weights_same": all(torch.equal(w, p) for w, p in zip(weights, supernet.parameters())),
@@ -89,10 +89,22 @@ def test_each_step_runs_one_candidate_per_edge_and_separates_weight_and_arch_upd
     gdas(ctx, epochs=3, **FAST)
 
     assert [p["kind"] for p in passes] == ["weight", "arch"] * 6  # 3 epochs x 2 batches, weight step first
+    net = got["supernet"]
+    key_of = {id(m): name.rsplit(".", 1)[-1] for name, m in net.named_modules() if isinstance(m, Choice)}
     for p in passes:
         per_choice = Counter(choice for choice, _ in p["ran"])
-        assert len(per_choice) == p["choices"]  # every edge of every cell ran ...
-        assert set(per_choice.values()) == {1}  # ... exactly one candidate
+        assert set(per_choice.values()) == {1}  # one candidate per edge at most
+        if p["path"] is not None:  # weight steps: every edge whose sample is not 'none' ran the sampled op;
+            # 'none' edges are left out (they add zeros), except that a node whose every input is
+            # 'none' runs one 'none' for a zero tensor of the right shape
+            options = net.choices()
+            sampled = {k: options[k][int(w.argmax())] for k, w in p["path"].items()}
+            ran_op = dict(p["ran"])
+            for c, k in key_of.items():
+                if sampled[k] != "none":
+                    assert ran_op.get(c) == sampled[k]
+                else:
+                    assert ran_op.get(c, "none") == "none"
     for p in passes[0::2]:  # weight steps: weights move, alpha does not
         assert p["alpha_same"] and not p["weights_same"]
     for p in passes[1::2]:  # arch steps: alpha moves, weights do not

@@ -203,9 +203,8 @@ def test_each_ghost_batch_runs_its_own_mask_and_exactly_the_kept_candidates(
         ran = Counter((key_of[c], op) for c, op in f["ran"])
         expected = Counter({(k, net.choices()[k][i]): 3 for k, mask in f["path"].items()
                             for i in range(len(mask)) if mask[i] == 1})  # 3 search cells share each key
-        # an edge whose paths were all dropped (its node kept another edge) outputs zeros: the Choice
-        # probes the output shape with its first option, 'none' (no parameters, no gradient)
-        expected.update({(k, "none"): 3 for k, mask in f["path"].items() if not mask.any()})
+        # an edge whose paths were all dropped (its node kept another edge) adds zeros: it is left
+        # out (sum_edges), nothing of it runs
         assert ran == expected
         assert all(bool(f["path"][k].any()) for k in ("edge_1_0",))  # node 1 has a single edge: always kept
     masks = [tuple(tuple(v.tolist()) for v in f["path"].values()) for f in train]

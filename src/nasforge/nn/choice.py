@@ -16,9 +16,10 @@ A Choice built with ``partial=K`` (PC-DARTS, Xu et al. 2020) runs its candidates
 ``C / K`` channels only; the other channels bypass them (max-pooled on a stride-2 edge) and the
 two parts are concatenated and channel-shuffled with ``K`` groups.
 
-Cells add up their edges with :func:`sum_edges`, which also leaves out edges whose single-path
-selection is ``none``: they would only add zeros, and running them costs full-size temporaries
-in the forward and backward passes (the stand-alone networks drop those edges too).
+Cells add up their edges with :func:`sum_edges`, which also leaves out edges whose selection is
+``none`` (by name, or as one-hot weights): they would only add zeros, and adding those costs
+full-size temporaries in the forward and backward passes (the stand-alone networks drop those
+edges too).
 
 A :class:`Supernet` is an ``nn.Module`` whose ``forward(x, path)`` takes a mapping from choice
 key to selection. There is no global or context state: the path is an argument.
@@ -111,13 +112,19 @@ class Choice(nn.Module):
         return channel_shuffle(torch.cat([self._run(head, selection), tail], dim=1), self.partial)
 
     def adds_nothing(self, selection: Selection) -> bool:
-        """True when ``selection`` is the name of a ``none`` candidate and every channel goes
-        through the candidates: the edge's output is exactly zero (with ``partial`` the bypassed
-        channels still pass, so it is not)."""
-        return (
-            self.partial == 1 and isinstance(selection, str) and selection in self.candidates
-            and self._adds_nothing[self.options.index(selection)]
-        )
+        """True when the edge's output is exactly zero and carries no gradient: ``selection`` is
+        the name of a ``none`` candidate, or a plain weight tensor whose non-zero weights are all on
+        ``none`` (a one-hot Gumbel sample of ``none``). Never with ``partial`` (the bypassed
+        channels still pass) nor for :class:`Mix` / :class:`StraightThrough` selections (their
+        weights get gradients even when no candidate runs)."""
+        if self.partial != 1:
+            return False
+        if isinstance(selection, str):
+            return selection in self.candidates and self._adds_nothing[self.options.index(selection)]
+        if isinstance(selection, torch.Tensor) and selection.dim() == 1 and selection.numel() == len(self.options):
+            active = (selection.detach() != 0).tolist()
+            return all(nothing for on, nothing in zip(active, self._adds_nothing) if on)
+        return False
 
     def _run(self, x: torch.Tensor, selection: str | torch.Tensor) -> torch.Tensor:
         if isinstance(selection, str):
