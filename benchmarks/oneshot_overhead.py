@@ -138,6 +138,7 @@ def main() -> int:
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    Path(args.out).with_suffix(".txt").write_text(text + "\n")
     return 0
 
 
