@@ -60,10 +60,6 @@ def _assign(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:
         p.grad = None if g is None else g.detach()
 
 
-def _grads_or_none(loss: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
-    return list(torch.autograd.grad(loss, list(tensors), allow_unused=True))
-
-
 def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
@@ -97,6 +93,9 @@ def weight_step_pieces(
     if not pieces:
         raise ValueError("weight_step_pieces needs at least one (path, batch) piece")
     total = sum(int(batch[1].shape[0]) for _, batch in pieces)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:  # the last step's gradients are not needed any more: free them before the forward
+        p.grad = None
     parts, logits = [], []
     for path, (x, y) in pieces:
         out = supernet(x, path)
@@ -106,8 +105,9 @@ def weight_step_pieces(
     if extra_loss is not None:
         loss = loss + extra_loss
     value = check_finite(loss, where)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    _assign(params, _grads_or_none(loss, params))
+    # backward(inputs=...) accumulates each gradient as soon as it is ready and touches nothing
+    # else (e.g. architecture logits); parameters the loss does not reach keep grad None
+    loss.backward(inputs=params)
     if grad_clip is not None:
         nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
     optimizer.step()
