@@ -14,8 +14,9 @@
    * ``--random`` feasible networks drawn uniformly from the search's own trials: what the same
      evaluations give without the Zen-score's selection (random search over the walk).
 
-Results go to ``--out`` (``results.json``, one record per trained network; finished trainings
-are reused on a rerun). The printed table is what ``docs/benchmarks.md`` quotes.
+The search runs in ``--out``/search; ``--out``/results.json holds one record per trained network
+(finished trainings are reused on a rerun). The printed table is what ``docs/benchmarks.md``
+quotes; the committed copies are ``benchmarks/results/zennas_cifar/{search,trained}.json``.
 """
 
 from __future__ import annotations
