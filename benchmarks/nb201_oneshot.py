@@ -45,13 +45,22 @@ PROTOCOL_OPTIONS: dict[str, dict[str, object]] = {
 }
 
 
-def method_options(method: str, epochs: int, batch_size: int) -> dict[str, object]:
-    """The options of ``method`` for this protocol; DSO-NAS splits its epochs into pre-training and search."""
+def method_options(method: str, epochs: int, batch_size: int, C: int = 8, N: int = 1) -> dict[str, object]:
+    """The options of ``method`` for this protocol.
+
+    DSO-NAS splits its epochs into pre-training and search. P-DARTS sets width and depth itself:
+    its three stages have N, N + 1, N + 2 cells per stage (3N + 2, 3N + 5, 3N + 8 cells) of width
+    C, ``epochs`` epochs each, the architecture frozen for the first 40% of a stage (10 of 25 in
+    the paper).
+    """
     budget: dict[str, object] = {"batch_size": batch_size}
     if method == "dso_nas":
         budget.update(pretrain_epochs=epochs // 2, search_epochs=epochs - epochs // 2)
     else:
         budget["epochs"] = epochs
+    if method == "p_darts":
+        warm = (epochs * 2) // 5
+        budget.update(C=C, layers=3 * N + 2, add_layers=(0, 3, 6), arch_warmup_epochs=(warm, warm, warm))
     return {**budget, **PROTOCOL_OPTIONS.get(method, {})}
 
 
@@ -100,8 +109,9 @@ def main() -> int:
             cfg = SearchConfig(
                 method=name, space="nb201", data="cifar10", data_root=str(batches), split="nb201",
                 train_subset=args.train_subset, seed=seed, table=str(table), final_train=False, out=str(run_dir),
-                supernet_kwargs={"C": args.C, "N": args.N, "affine": False, "track_running_stats": False},
-                method_kwargs=method_options(method, args.epochs, args.batch_size),
+                supernet_kwargs={**({} if name == "p_darts" else {"C": args.C, "N": args.N}),
+                                 "affine": False, "track_running_stats": False},
+                method_kwargs=method_options(method, args.epochs, args.batch_size, args.C, args.N),
                 max_batches_per_epoch=args.max_batches_per_epoch,
             )
             t0 = time.perf_counter()

@@ -417,3 +417,41 @@ def test_single_path_none_edges_are_not_run_and_change_nothing() -> None:
     choice = Choice({"none": Zero(2, 2), "skip": torch.nn.Identity()})
     out = sum_edges([(choice, torch.randn(1, 2, 4, 4), "none"), (choice, torch.randn(1, 2, 4, 4), "none")])
     assert out.shape == (1, 2, 2, 2) and not out.any()
+
+
+@pytest.mark.parametrize("weights", [[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+def test_unit_weights_skip_the_product_with_the_same_values_and_gradients(weights: list[float]) -> None:
+    torch.manual_seed(0)
+    choice = Choice({"a": torch.nn.Conv2d(2, 2, 3, padding=1), "b": torch.nn.Conv2d(2, 2, 1)})
+    x = torch.randn(3, 2, 5, 5, requires_grad=True)
+    logits = torch.tensor([0.2, -0.1], requires_grad=True)
+
+    def sample() -> torch.Tensor:  # a straight-through sample: the values above, softmax gradients
+        soft = torch.softmax(logits, 0)
+        return torch.tensor(weights) - soft.detach() + soft
+
+    tensors = (x, logits, *choice.parameters())
+
+    def grads(out: torch.Tensor) -> list[torch.Tensor | None]:
+        (out * torch.arange(out.numel()).view_as(out).float().sin()).sum().backward()
+        got = [None if t.grad is None else t.grad.clone() for t in tensors]
+        for t in tensors:
+            t.grad = None
+        return got
+
+    out = choice(x, sample())
+    fast = grads(out)
+    w = sample()
+    ref = sum(w[i] * choice.candidates[n](x) for i, n in enumerate(choice.options) if weights[i] != 0)
+    assert torch.allclose(out, ref)
+    for a, b in zip(fast, grads(ref)):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+    if 1.0 in weights:  # the unit-weight edge returns the op's output itself, not a scaled copy
+        op = choice.candidates[choice.options[weights.index(1.0)]]
+        y = op(x)
+        captured: list[torch.Tensor] = []
+        handle = op.register_forward_hook(lambda m, a, o: captured.append(o))
+        result = choice(x, sample())
+        handle.remove()
+        assert result.untyped_storage().data_ptr() == captured[0].untyped_storage().data_ptr()
+        assert torch.equal(result, y)
