@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -62,23 +62,6 @@ class StraightThrough:
 
 Selection: TypeAlias = "str | torch.Tensor | Mix | StraightThrough"
 Path: TypeAlias = "Mapping[str, Selection]"
-
-
-class _UnitScale(torch.autograd.Function):
-    """``w * y`` for a scalar ``w`` whose value is exactly 1: returns ``y`` itself (no copy), and
-    the gradients of the product, ``w * g`` for ``y`` and ``sum(g * y)`` for ``w``."""
-
-    @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(y, w)
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        y, w = ctx.saved_tensors
-        grad_y = grad * w if ctx.needs_input_grad[0] else None
-        grad_w = (grad * y).sum().reshape(w.shape) if ctx.needs_input_grad[1] else None
-        return grad_y, grad_w
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -154,15 +137,12 @@ class Choice(nn.Module):
                 f"selection weights must be a 1-D tensor of {len(self.options)} entries "
                 f"({', '.join(self.options)}), got shape {tuple(weights.shape)}"
             )
-        values = weights.detach().tolist()
+        active = (weights.detach() != 0).tolist()
         out: torch.Tensor | None = None
-        for i, (name, w) in enumerate(zip(self.options, values)):
-            if w == 0 or self._adds_nothing[i]:
+        for i, (name, on) in enumerate(zip(self.options, active)):
+            if not on or self._adds_nothing[i]:
                 continue
-            y = self.candidates[name](x)
-            # a weight of exactly 1 (one-hot and straight-through samples): the same value and
-            # gradients as ``w * y`` without a second full-size tensor per edge
-            y = _UnitScale.apply(y, weights[i]) if w == 1.0 else weights[i] * y
+            y = weights[i] * self.candidates[name](x)
             out = y if out is None else out + y
         if out is None:  # only zero weights or ``none``: the mixture is zero (shape of a candidate)
             first = self._adds_nothing.index(True) if True in self._adds_nothing else 0
