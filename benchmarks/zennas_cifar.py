@@ -54,8 +54,7 @@ def main() -> int:
 
     import nasforge
     from nasforge.cli import main as cli_main
-    from nasforge.data import load_data
-    from nasforge.experiment import _stratified_subset
+    from nasforge.data import load_data, split_train_valid
     from nasforge.hardware import measure
     from nasforge.spaces.zennas import INITIAL_STRUCTURES
     from nasforge.train import evaluate, get_recipe, train
@@ -88,7 +87,9 @@ def main() -> int:
     networks += [(f"random trial of the search (#{t['number']})", t["arch"]) for t in picks]
 
     data = load_data("cifar10", batches)
-    train_set = _stratified_subset(data.train, args.train_images, args.seed)
+    train_set = data.train
+    if args.train_images < len(train_set):  # a class-balanced subset, deterministic per seed
+        train_set, _ = split_train_valid(train_set, 1.0 - args.train_images / len(train_set), seed=args.seed)
     recipe = get_recipe("darts", epochs=args.epochs, batch_size=64, auxiliary_weight=0.0, drop_path_prob=0.0)
     zen = nasforge.get_proxy("zen")
     results_path = out / "results.json"
