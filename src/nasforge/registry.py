@@ -8,6 +8,7 @@ things are imported lazily by :func:`_load` so ``import nasforge`` stays light.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
         "nasforge.spaces.randwire", "nasforge.spaces.zennas",
     ),
     "method": (
-        "nasforge.searchers.random_search", "nasforge.searchers.evolution", "nasforge.searchers.zennas",
+        "nasforge.searchers.*",  # every public module of the package (one file per searcher)
         "nasforge.methods.darts", "nasforge.methods.dso_nas", "nasforge.methods.gdas", "nasforge.methods.smash",
         "nasforge.methods.enas", "nasforge.methods.one_shot", "nasforge.methods.p_darts", "nasforge.methods.pc_darts",
         "nasforge.methods.rsps", "nasforge.methods.snas",
@@ -51,7 +52,13 @@ def register(kind: str, name: str | None = None) -> Callable[[T], T]:
 
 def _load(kind: str) -> None:
     for mod in _PROVIDERS.get(kind, ()):
-        importlib.import_module(mod)
+        if mod.endswith(".*"):  # a package: import each module whose name does not start with "_"
+            package = importlib.import_module(mod[:-2])
+            for info in pkgutil.iter_modules(package.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{mod[:-2]}.{info.name}")
+        else:
+            importlib.import_module(mod)
 
 
 def get(kind: str, name: str) -> Any:

@@ -8,6 +8,7 @@ in those papers' baselines (a repeated architecture is evaluated again).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from nasforge.arch import Arch
@@ -25,5 +26,5 @@ class RandomSearch(Searcher):
     def ask(self) -> Arch:
         return self.space.sample(self.rng)
 
-    def tell(self, arch: Arch, fitness: float) -> None:
+    def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
         pass  # random search ignores results

@@ -13,7 +13,7 @@ code (``benchmarks/nb201_proxy_search.py`` does).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError
@@ -49,5 +49,5 @@ class ProxyWarmStart(Searcher):
             return self._queue.pop(0)
         return self.inner.ask()
 
-    def tell(self, arch: Arch, fitness: float) -> None:
-        self.inner.tell(arch, fitness)
+    def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
+        self.inner.tell(arch, fitness, metrics)

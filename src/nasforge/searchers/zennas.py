@@ -35,6 +35,7 @@ Departures from the reference:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from nasforge.arch import Arch
@@ -105,7 +106,7 @@ class ZenNASEvolution(Searcher):
         parent = self.rng.choice(self.population)[0]  # uniform: no tournament, fitness plays no part
         return self.space.mutate(parent, self.rng)
 
-    def tell(self, arch: Arch, fitness: float) -> None:
+    def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
         fitness = float(fitness)
         self.population.append((arch, -math.inf if math.isnan(fitness) else fitness))
         while len(self.population) > self.population_size:
