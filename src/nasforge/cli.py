@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("budget and objective")
     g.add_argument("--trials", type=int, default=S, help="number of finished trials to reach (default 20)")
     g.add_argument("--objective", default=S,
-                   help="metric to optimise: val_acc (default; the proxy with --evaluator proxy), min:params, ...")
+                   help="metric to optimise: val_acc (default; the proxy with --evaluator proxy), min:params, ...; "
+                        "several, comma-separated (val_acc,min:params), search the Pareto front: nsga2 natively, "
+                        "any other method through NSGA-II's selection")
     g.add_argument("--constraint", dest="constraints", action="append", default=S, metavar="EXPR",
                    help="hard limit, e.g. params<=200k or flops<=5M (repeatable)")
     g = p.add_argument_group("final training")
@@ -195,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     b.add_argument("--seed", type=int, default=0, help="seed of the sample, the batch and every network (default 0)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    b = bench.add_parser("strategies", help="multi-trial search strategies on the NB201 table (curves, Welch tests)",
+                         description="Run search methods for a query budget over many seeds on the NB201 table; print "
+                                     "mean +- std of the best-by-validation cell's test accuracy, the mean best-so-far "
+                                     "curve, a Welch t-test against random search and the time per proposal; write "
+                                     "summary.json, curves.csv, summary.md and curves.png to --out.")
+    b.add_argument("--table", required=True, help="NB201 results CSV (e.g. ../shared/data/nb201/nb201_table.csv.gz)")
+    b.add_argument("--methods", default=None, help="comma-separated method names (default: every multi-trial method)")
+    b.add_argument("--seeds", type=int, default=100, help="seeds per method (default 100)")
+    b.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    b.add_argument("--queries", type=int, default=150, help="table queries per run (default 150)")
+    b.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    b.add_argument("--method-opt", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="a method option, e.g. mnasnet_ppo:target=6 (repeatable)")
+    b.add_argument("--latency-metric", default=None,
+                   help="a latency column (e.g. hwnb_pixel3_latency_ms): report the Pareto front's hypervolume ratio")
+    b.add_argument("--latency-target", type=float, default=None,
+                   help="with --latency-metric: report the share of proposals meeting it by quarter of the run")
+    b.add_argument("--out", default="runs/bench/nb201_strategies", help="directory for the summary, curves and plot")
 
     p = sub.add_parser("show", help="print a run's results")
     p.add_argument("run_dir", help="run directory of a search or train command")
@@ -307,6 +328,8 @@ def cmd_proxies(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
+    if ns.bench == "strategies":
+        return _bench_strategies(ns)
     from nasforge.bench.proxies import DATA_DEFAULT, DATA_FREE_DEFAULT, run_benchmark
 
     proxies = [p.strip() for p in ns.proxies.split(",") if p.strip()] if ns.proxies else [*DATA_FREE_DEFAULT, *DATA_DEFAULT]
@@ -315,6 +338,26 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     print(run_benchmark(ns.table, ns.data_root, ns.out, proxies=proxies, sample=ns.sample, all_cells=all_cells,
                         sampled=sampled, report_only=ns.report_only, workers=ns.workers,
                         batch_size=ns.batch_size, seed=ns.seed, bootstrap=ns.bootstrap, progress=not ns.no_progress))
+    return 0
+
+
+def _bench_strategies(ns: argparse.Namespace) -> int:
+    from nasforge import registry
+    from nasforge.bench.strategies import format_summary, parse_method_options, run_benchmark
+    from nasforge.train.oneshot import OneShotMethod
+
+    if ns.methods:
+        methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
+    else:
+        methods = [n for n in registry.names("method") if not isinstance(registry.get("method", n), OneShotMethod)
+                   and n != "zennas"]
+    summary = run_benchmark(
+        ns.table, methods, seeds=ns.seeds, queries=ns.queries, workers=ns.workers,
+        options=parse_method_options(ns.method_opt), out=ns.out, latency_metric=ns.latency_metric,
+        latency_target=ns.latency_target, first_seed=ns.first_seed,
+    )
+    print(format_summary(summary))
+    print(f"\nwritten to {ns.out} ({summary['seconds']:.1f} s)")
     return 0
 
 
@@ -349,6 +392,12 @@ def _print_search_summary(res: dict[str, Any], top: int) -> None:
         rows.append([str(t["number"]), t["arch"], f"{m.get(metric, float('nan')):.4g}",
                      f"{m.get('params', float('nan')):,.0f}", f"{m.get('flops', float('nan')):,.0f}"])
     _print_rows(["trial", "architecture", "val acc %" if metric == "val_acc" else metric, "params", "FLOPs"], rows)
+    front = res.get("pareto_front")
+    if front:
+        names = [o.split(":", 1)[1] for o in res["objectives"]]
+        print(f"\nPareto front ({', '.join(res['objectives'])}): {len(front)} trial(s)")
+        _print_rows(["trial", "architecture", *names],
+                    [[str(t["trial"]), t["arch"], *(f"{t[n]:.4g}" for n in names)] for t in front])
     final = res.get("final")
     if final:
         print("\nbest architecture, retrained on the full training set:")

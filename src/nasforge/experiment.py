@@ -67,7 +67,7 @@ class SearchConfig:
     proxy_batch_size: int = 64  # images in the fixed scoring batch of data-dependent proxies
     trials: int = 20  # number of finished trials to reach
     seed: int = 0  # seeds the searcher, data splits and every training run
-    objective: str | None = None  # metric to optimise (default val_acc, or the proxy); max:/min: set the direction
+    objective: str | None = None  # metric(s) to optimise (default val_acc, or the proxy); max:/min: set the direction; several, comma-separated, make a Pareto search
     constraints: list[str] = field(default_factory=list)  # e.g. "params<=1e5", "flops<=2e6"
     recipe: str = "quick"  # training recipe for each candidate (see train/recipes.py)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"epochs": 3}
@@ -118,7 +118,7 @@ class SearchConfig:
                 or self.max_batches_per_epoch <= 0
             ):
                 raise BudgetError(f"max_batches_per_epoch must be a positive int, got {self.max_batches_per_epoch!r}")
-        parse_objective(self.resolved_objective())
+        self.objectives()
         for c in self.constraints:
             parse_constraint(c)
 
@@ -132,6 +132,17 @@ class SearchConfig:
         if self.objective:
             return self.objective
         return f"max:{self.proxy}" if self.evaluator == "proxy" else "val_acc"
+
+    def objectives(self) -> list[tuple[str, int]]:
+        """The parsed objectives: the first is the trial's fitness; several make a Pareto search."""
+        parts = [p for p in self.resolved_objective().split(",") if p.strip()]
+        if not parts:
+            raise ConfigError(f"bad objective {self.objective!r}; expected METRIC or a comma-separated list")
+        objectives = [parse_objective(p) for p in parts]
+        metrics = [m for m, _ in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ConfigError(f"objective {self.objective!r} names a metric twice")
+        return objectives
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,10 +270,14 @@ class _Feasibility:
     """
 
     def __init__(self, space: SearchSpace, constraints: list[Constraint], input_shape: tuple[int, int, int],
-                 num_classes: int, build_kwargs: dict[str, Any], cache_path: Path | None = None) -> None:
+                 num_classes: int, build_kwargs: dict[str, Any], cache_path: Path | None = None,
+                 extra: frozenset[str] = frozenset()) -> None:
         self.space, self.input_shape, self.num_classes, self.build_kwargs = space, input_shape, num_classes, build_kwargs
         self.pre = [c for c in constraints if c.metric in COST_METRICS]
-        self.latency = any(c.metric == "latency_ms" for c in self.pre)
+        # cost metrics the evaluator does not report but an objective or the searcher reads
+        self.extra = frozenset(extra)
+        self.latency = any(c.metric == "latency_ms" for c in self.pre) or "latency_ms" in self.extra
+        self.rejected: dict[str, int] = {}  # constraint text -> proposals it rejected
         self.cache_path = cache_path if self.latency else None
         self.cache: dict[str, dict[str, float]] = {}
         if self.cache_path is not None and self.cache_path.exists():
@@ -288,7 +303,13 @@ class _Feasibility:
         if not self.pre:
             return True
         cost = self.cost(arch)
-        return all(c.ok(cost[c.metric]) for c in self.pre)
+        broken = [c for c in self.pre if not c.ok(cost[c.metric])]
+        for c in broken:
+            self.rejected[str(c)] = self.rejected.get(str(c), 0) + 1
+        return not broken
+
+    def rejected_text(self) -> str:
+        return ", ".join(f"{n} by {c}" for c, n in sorted(self.rejected.items())) or "none"
 
 
 _MAX_INFEASIBLE = 1000
@@ -300,22 +321,88 @@ def _ask_feasible(searcher: Searcher, feasible: _Feasibility, constraints: list[
         if feasible.ok(arch):
             return arch
     raise BudgetError(
-        f"no architecture meeting {', '.join(map(str, feasible.pre))} found in {_MAX_INFEASIBLE} proposals; "
-        "relax the constraint or shrink the network (build options)"
+        f"no architecture meeting {', '.join(map(str, feasible.pre))} found in {_MAX_INFEASIBLE} proposals "
+        f"(rejected: {feasible.rejected_text()}); relax the constraint or shrink the network (build options)"
     )
+
+
+def _broken(metrics: dict[str, float], constraints: list[Constraint]) -> list[Constraint]:
+    """The constraints on evaluator metrics that a finished trial breaks."""
+    out = []
+    for c in constraints:
+        if c.metric not in COST_METRICS:
+            if c.metric not in metrics:
+                raise ConfigError(f"constraint metric {c.metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
+            if not c.ok(metrics[c.metric]):
+                out.append(c)
+    return out
 
 
 def _fitness(metrics: dict[str, float], objective: tuple[str, int], constraints: list[Constraint]) -> float:
     metric, sign = objective
     if metric not in metrics:
         raise ConfigError(f"objective metric {metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
-    for c in constraints:
-        if c.metric not in COST_METRICS:
-            if c.metric not in metrics:
-                raise ConfigError(f"constraint metric {c.metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
-            if not c.ok(metrics[c.metric]):
-                return -math.inf
+    if _broken(metrics, constraints):
+        return -math.inf
     return sign * metrics[metric]
+
+
+def evaluator_metrics(cfg: SearchConfig) -> frozenset[str]:
+    """What the configured evaluator reports, known before anything is built or written."""
+    if cfg.evaluator == "table":
+        from nasforge.evaluators.table import table_metric_names
+
+        return frozenset(table_metric_names(str(cfg.table)))
+    if cfg.evaluator == "proxy":
+        return frozenset((str(cfg.proxy), "params", "flops", "macs"))
+    from nasforge.evaluators.train import TrainEvaluator
+
+    return frozenset(TrainEvaluator.METRICS)
+
+
+def make_searcher(cfg: SearchConfig, space: SearchSpace, log: Callable[[str], None] = print) -> Searcher:
+    """The configured searcher, checked against the space, the evaluator and the objectives.
+
+    A multi-fidelity searcher runs at full fidelity (``min_fidelity=1.0``) on an evaluator without
+    a budget knob (the table, proxies). Several objectives with a single-objective searcher wrap it
+    in NSGA-II's selection (:class:`~nasforge.searchers.pareto_wrapper.ParetoWrapper`). Every
+    metric the objectives, the constraints and the searcher read must come from the evaluator or
+    the cost model: otherwise :class:`ConfigError`, raised before the run directory is touched.
+    """
+    cls = registry.get("method", cfg.method)
+    objectives = cfg.objectives()
+    kwargs = dict(cfg.method_kwargs)
+    if cls.multi_fidelity and cfg.evaluator != "train":
+        if kwargs.get("min_fidelity", 1.0) != 1.0:
+            raise ConfigError(
+                f"--evaluator {cfg.evaluator} has no budget knob: {cfg.method} runs at full fidelity only "
+                f"(min_fidelity=1.0), not min_fidelity={kwargs['min_fidelity']!r}"
+            )
+        kwargs["min_fidelity"] = 1.0
+        log(f"{cfg.method}: the {cfg.evaluator} evaluator has no budget knob, so every trial runs at full fidelity")
+    if cls.multi_objective:
+        kwargs.setdefault("objectives", tuple(objectives))
+    searcher: Searcher = cls(space, seed=cfg.seed, **kwargs)
+    if len(objectives) > 1 and not cls.multi_objective:
+        from nasforge.searchers.pareto_wrapper import ParetoWrapper
+
+        searcher = ParetoWrapper(searcher, tuple(objectives))
+    provided = evaluator_metrics(cfg) | set(COST_METRICS)
+    needs = [("objective", m) for m, _ in objectives] + [("constraint", parse_constraint(c).metric) for c in cfg.constraints]
+    needs += [(f"method {cfg.method}", m) for m in searcher.required_metrics()]
+    for who, metric in needs:
+        if metric not in provided:
+            raise ConfigError(
+                f"{who} needs the metric {metric!r}, which the {cfg.evaluator} evaluator does not report; "
+                f"valid: {', '.join(sorted(provided))}"
+            )
+    return searcher
+
+
+def _needed_cost_metrics(cfg: SearchConfig, searcher: Searcher) -> frozenset[str]:
+    """Cost-model metrics some consumer reads but the evaluator does not report."""
+    wanted = {m for m, _ in cfg.objectives()} | set(searcher.required_metrics())
+    return frozenset(m for m in wanted if m in COST_METRICS and m not in evaluator_metrics(cfg))
 
 
 def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
@@ -326,18 +413,19 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     cfg.validate()
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
     space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
     if cfg.one_shot():
+        prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
         return _run_one_shot(cfg, space, out, t0, progress=progress, log=log)
-    objective = parse_objective(cfg.resolved_objective())
+    objectives = cfg.objectives()
+    objective = objectives[0]
     constraints = [parse_constraint(c) for c in cfg.constraints]
+    searcher = make_searcher(cfg, space, log)  # every check that can fail, before the run directory is written
+    resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
 
     evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
-    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, out / "costs.json")
-
-    searcher_cls = registry.get("method", cfg.method)
-    searcher: Searcher = searcher_cls(space, seed=cfg.seed, **cfg.method_kwargs)
+    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, out / "costs.json",
+                            extra=_needed_cost_metrics(cfg, searcher))
     # An external storage (e.g. PostgreSQL) may hold many searches: name the study by its run directory.
     study = Study(cfg.storage, name=f"nasforge:{out.resolve()}") if cfg.storage else Study(out / "study.db")
     interrupted = study.recover_interrupted()
@@ -345,12 +433,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     n_resumed = len(done)
     for rec in done:  # replay: the searcher reaches the state it had after these trials
         arch = _ask_feasible(searcher, feasible, constraints)
-        if space.format(arch) != rec.arch:
+        if space.format(arch) != rec.arch or searcher.fidelity() != rec.fidelity:
             raise IncompatibleRunError(
-                f"replaying trial {rec.number}: the searcher now proposes {space.format(arch)} but the study "
-                f"recorded {rec.arch}; the study in {study.url} was made by different code or options"
+                f"replaying trial {rec.number}: the searcher now proposes {space.format(arch)} at fidelity "
+                f"{searcher.fidelity():g} but the study recorded {rec.arch} at {rec.fidelity:g}; the study in "
+                f"{study.url} was made by different code or options"
             )
-        searcher.tell(arch, rec.fitness)
+        searcher.tell(arch, rec.fitness, dict(rec.metrics))
     if resuming or done:
         log(f"resuming {out}: {len(done)} finished trial(s) kept" + (f", {interrupted} interrupted re-run" if interrupted else ""))
 
@@ -359,15 +448,17 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.trials, initial=min(len(done), cfg.trials), desc=f"{cfg.method} on {cfg.space}", unit="trial")
-    best = max(done, key=lambda r: r.fitness, default=None)
+    best = max(done, key=_rank, default=None)
     n_done = len(done)
+    broken: dict[str, int] = {}  # constraint on evaluator metrics -> finished trials it made infeasible
     try:
         while n_done < cfg.trials:
             arch = _ask_feasible(searcher, feasible, constraints)
+            fidelity = searcher.fidelity()
             text = space.format(arch)
-            trial = study.start(text)
+            trial = study.start(text, fidelity)
             try:
-                result = evaluator(arch)
+                result = evaluator(arch, fidelity) if fidelity != 1.0 else evaluator(arch)
             except KeyboardInterrupt:
                 study.fail(trial, "interrupted")
                 raise
@@ -375,15 +466,18 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
                 study.fail(trial, f"{type(e).__name__}: {e}")
                 raise
             metrics = dict(result.metrics)
-            if feasible.pre:
+            if feasible.pre or feasible.extra:
                 metrics.update({k: v for k, v in feasible.cost(arch).items() if k not in metrics})
             fitness = _fitness(metrics, objective, constraints)
+            for c in _broken(metrics, constraints):
+                broken[str(c)] = broken.get(str(c), 0) + 1
             study.finish(trial, fitness, metrics, result.cost)
-            searcher.tell(arch, fitness)
+            searcher.tell(arch, fitness, metrics)
             n_done += 1
             # track the best in memory: re-reading every trial from storage each step is O(n^2)
-            if best is None or fitness > best.fitness:
-                best = TrialRecord(trial.number, text, fitness, metrics, result.cost)
+            record = TrialRecord(trial.number, text, fitness, metrics, result.cost, fidelity)
+            if best is None or _rank(record) > _rank(best):
+                best = record
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({objective[0]: f"{best.metrics.get(objective[0], float('nan')):.4g}"})
@@ -395,7 +489,11 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         if bar is not None:
             bar.close()
     if best is None or not math.isfinite(best.fitness):
-        raise BudgetError(f"no finished trial satisfies the constraints {cfg.constraints}")
+        counts = ", ".join(f"{n} broke {c}" for c, n in sorted(broken.items())) or "none counted in this run"
+        raise BudgetError(
+            f"no finished trial satisfies the constraints {cfg.constraints} ({n_done} trials; {counts}; "
+            f"proposals rejected before evaluation: {feasible.rejected_text()})"
+        )
     best_arch = space.parse(best.arch)
 
     final: dict[str, Any] | None = None
@@ -416,6 +514,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         "kind": "search",
         "config": cfg.to_dict(),
         "objective": cfg.resolved_objective(),
+        "objectives": [f"{'max' if sign > 0 else 'min'}:{m}" for m, sign in objectives],
+        "pareto_front": _pareto_front(records, objectives, constraints) if len(objectives) > 1 else None,
         "space_config": space.config(),
         "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics,
                  "table": _table_lookup(cfg, space, best_arch)},
@@ -425,6 +525,24 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         "seconds_this_run": outcome.seconds,
     })
     return outcome
+
+
+def _rank(record: Any) -> tuple[float, float]:
+    """Order of trials for "best": a higher fidelity first (a multi-fidelity search's cheap rungs
+    are not comparable with full trainings), then the fitness."""
+    return (record.fidelity, record.fitness)
+
+
+def _pareto_front(records: list[Any], objectives: list[tuple[str, int]], constraints: list[Constraint]) -> list[dict[str, Any]]:
+    """The feasible full-fidelity trials no other such trial dominates, sorted by the first objective."""
+    from nasforge.pareto import pareto_front
+
+    top = max((r.fidelity for r in records), default=1.0)
+    pool = [r for r in records if r.fidelity == top and math.isfinite(r.fitness)
+            and all(m in r.metrics for m, _ in objectives)]
+    idx = pareto_front([r.metrics for r in pool], tuple(objectives))
+    front = sorted((pool[i] for i in idx), key=lambda r: -objectives[0][1] * r.metrics[objectives[0][0]])
+    return [{"trial": r.number, "arch": r.arch, **{m: r.metrics[m] for m, _ in objectives}} for r in front]
 
 
 def _run_one_shot(
@@ -500,7 +618,7 @@ def _load_data(cfg: SearchConfig) -> Any:
     return load_data_for(cfg.data, cfg.data_root, cfg.image_size)
 
 
-def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[[Arch], Result], tuple[int, int, int], int, Any]:
+def _make_evaluator(cfg: SearchConfig, space: SearchSpace) -> tuple[Callable[..., Result], tuple[int, int, int], int, Any]:
     if cfg.evaluator == "table":
         from nasforge.evaluators.table import NB201Table
 

@@ -60,6 +60,10 @@ class NB201Table:
             self.rows[row["arch_str"]] = metrics
         self.queries = 0
 
+    def metric_names(self) -> tuple[str, ...]:
+        """Every metric a lookup returns (the table's numeric columns, val_acc, test_acc, params)."""
+        return table_metric_names(self.path)
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -76,6 +80,28 @@ class NB201Table:
         return key, self.rows[key][metric]
 
 
+def table_metric_names(path: str | Path) -> tuple[str, ...]:
+    """The metrics lookups in the table at ``path`` give, read from its header and first row only
+    (the search loop checks objectives and constraints against them before a run starts)."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        with gzip.open(io.BytesIO(raw), "rt") as f:
+            head = [f.readline(), f.readline()]
+    else:
+        head = raw.decode().splitlines(keepends=True)[:2]
+    rows = list(csv.DictReader(io.StringIO("".join(head))))
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    names = []
+    for k, v in rows[0].items():
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            continue
+        names.append(k)
+    return tuple(sorted({*names, "val_acc", "test_acc", "params"}))
+
+
 def best_test_after(table: NB201Table, searcher: Searcher, queries: int) -> float:
     """Run ``searcher`` for ``queries`` table lookups on the validation accuracy; return the test
     accuracy of the best-by-validation cell (the NB201 paper's reporting protocol)."""
@@ -85,5 +111,5 @@ def best_test_after(table: NB201Table, searcher: Searcher, queries: int) -> floa
         m = table(arch).metrics
         if m["val_acc"] > best_val:
             best_val, best_test = m["val_acc"], m["test_acc"]
-        searcher.tell(arch, m["val_acc"])
+        searcher.tell(arch, m["val_acc"], m)
     return best_test

@@ -74,8 +74,8 @@ class Searcher(abc.ABC):
         self.seed = seed
         self.rng = random.Random(seed)
 
-    @classmethod
-    def check_space(cls, space: SearchSpace) -> None:  # noqa: B027 (an optional hook)
+    @classmethod  # noqa: B027 (an optional hook, not abstract)
+    def check_space(cls, space: SearchSpace) -> None:
         """Raise :class:`~nasforge.errors.ConfigError` if this method cannot search ``space``
         (say why and which spaces it supports). The default accepts every space."""
 

@@ -35,6 +35,7 @@ class TrialRecord:
     fitness: float
     metrics: dict[str, float]
     cost: float
+    fidelity: float = 1.0  # share of the full evaluation budget (multi-fidelity searchers)
 
 
 class Study:
@@ -84,6 +85,7 @@ class Study:
                     fitness=float(t.value if t.value is not None else float("nan")),
                     metrics={k: float(v) for k, v in t.user_attrs.get("metrics", {}).items()},
                     cost=float(t.user_attrs.get("cost", 0.0)),
+                    fidelity=float(t.user_attrs.get("fidelity", 1.0)),
                 )
             )
         return sorted(out, key=lambda r: r.number)
@@ -94,9 +96,11 @@ class Study:
             out[t.state.name] = out.get(t.state.name, 0) + 1
         return out
 
-    def start(self, arch_text: str) -> optuna.trial.Trial:
+    def start(self, arch_text: str, fidelity: float = 1.0) -> optuna.trial.Trial:
         trial = self._study.ask()
         trial.set_user_attr("arch", arch_text)
+        if fidelity != 1.0:
+            trial.set_user_attr("fidelity", float(fidelity))
         return trial
 
     def finish(self, trial: optuna.trial.Trial, fitness: float, metrics: dict[str, float], cost: float) -> None:
