@@ -383,7 +383,7 @@ def _print_search_summary(res: dict[str, Any], top: int) -> None:
         _print_one_shot_summary(res)
         return
     objective = res.get("objective") or cfg.get("objective") or "val_acc"
-    metric = parse_objective(objective)[0]
+    metric = parse_objective(objective.split(",")[0])[0]  # the first objective is the trial's fitness
     trials = sorted(res["trials"], key=lambda t: -t["fitness"])[:top]
     print(f"\n{cfg['method']} on {cfg['space']} / {cfg['data']}: {len(res['trials'])} trials, objective {objective}")
     rows = []

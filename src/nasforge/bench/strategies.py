@@ -132,12 +132,11 @@ def _init_worker(table: TableData | None, path: str) -> None:
     global _TABLE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        import torch
+    import torch
+    from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(1)  # one process per core: no oversubscription
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch.set_num_threads(1)  # one process per core: no oversubscription of torch's threads ...
+    threadpool_limits(1)  # ... nor of numpy's / scipy's BLAS (the GP and MLP searchers)
     _TABLE = table if table is not None else TableData.load(path)
 
 
