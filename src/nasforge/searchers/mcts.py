@@ -80,10 +80,9 @@ Deviations from the paper
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,6 +90,7 @@ import numpy as np
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.registry import register
+from nasforge.searchers._surrogates import single_threaded_blas
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
 
@@ -114,21 +114,6 @@ def _positive_float(name: str, value: object, *, allow_zero: bool = False) -> fl
     return float(value)
 
 
-_BLAS: Any = None  # threadpoolctl controller, created on first use
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """BLAS limited to one thread inside the block, restored after it (as scikit-learn does for small
-    problems): the meta-DNN's matrices are tiny, and on a loaded 2-core machine OpenBLAS's threads
-    made one fit about 15x slower (1.8 s instead of 0.14 s here)."""
-    global _BLAS
-    from threadpoolctl import ThreadpoolController
-
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    with _BLAS.limit(limits=1, user_api="blas"):
-        yield
 
 
 class _MetaDNN:
@@ -171,7 +156,7 @@ class _MetaDNN:
             bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default initialisation range
             params.append(rng.uniform(-bound, bound, size=(fan_in, fan_out)))
             params.append(rng.uniform(-bound, bound, size=fan_out))
-        with _one_blas_thread():
+        with single_threaded_blas():
             self._adam(params, x, y)
         self.params = params
 
@@ -198,7 +183,7 @@ class _MetaDNN:
     def predict(self, seqs: Sequence[Sequence[int]]) -> list[float]:
         if self.params is None:
             raise RuntimeError("the meta-DNN is not fitted")
-        with _one_blas_thread():
+        with single_threaded_blas():
             out = self._forward(self.params, self.features(seqs))[2] * self.std + self.mean
         return [float(val) for val in out]
 
