@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from nasforge.arch import Arch
@@ -25,6 +26,21 @@ if TYPE_CHECKING:
     from nasforge.nn.choice import Supernet
 
 _MAX_REJECTIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ComplexityStage:
+    """One step of a space's order of complexity (see :meth:`SearchSpace.complexity_stages`).
+
+    Attributes:
+        grows: the decisions this stage fixes (searched from this stage on).
+        filler: the option every decision of the *later* stages takes while it is not grown yet,
+            so that the decisions grown up to this stage plus ``filler`` make a complete,
+            valid architecture (a smaller network of the space). Empty for the last stage.
+    """
+
+    grows: tuple[str, ...]
+    filler: Mapping[str, str] = field(default_factory=dict)
 
 
 class SearchSpace(abc.ABC):
@@ -119,6 +135,16 @@ class SearchSpace(abc.ABC):
 
         Zen-NAS evolution starts by mutating such a structure (the reference's hand-written
         ``init_plainnet``); a space without one (None) is searched from uniform samples.
+        """
+        return None
+
+    def complexity_stages(self) -> list[ComplexityStage] | None:
+        """The space's order of complexity for progressive searches (PNAS), or None (default).
+
+        Stage ``b`` (0-based) fixes ``stages[b].grows``; the decisions of later stages take
+        ``stages[b].filler``. The stages' ``grows`` partition the decisions, and an architecture
+        with stages ``0..b`` grown and the rest filled is valid and is the smaller network the
+        space documents. None means the space has no such order.
         """
         return None
 

@@ -57,7 +57,7 @@ from nasforge.errors import ArchError, ConfigError
 from nasforge.nn.blocks import ACTIVATIONS, ConvBNAct, MBConv, init_mobile_weights, make_divisible
 from nasforge.nn.choice import Path, Supernet
 from nasforge.registry import register
-from nasforge.spaces.base import SearchSpace
+from nasforge.spaces.base import ComplexityStage, SearchSpace
 
 #: (out channels, searchable layers, first stride) of the six searchable stages (ProxylessNAS).
 PROXYLESS_STAGES: tuple[tuple[int, int, int], ...] = (
@@ -202,6 +202,26 @@ class MobileNetSpace(SearchSpace):
     # ---- what the space is -------------------------------------------------------------
     def decisions(self) -> dict[str, tuple[str, ...]]:
         return dict(self._decisions)
+
+    def complexity_stages(self) -> list[ComplexityStage] | None:
+        """Growth in depth (the order PNAS searches in): stage ``d`` = 1, 2, ... fixes layer
+        ``d - 1`` of every network stage that has that many layers; ungrown layers are ``skip``.
+
+        After stage ``d`` every network stage has its first ``d`` layers (at most its depth) and
+        skips the others: the network at depth ``d`` per stage, as in Once-for-All's elastic
+        depth, which keeps the first layers of each stage. The first layer of a stage has no
+        ``skip`` (it changes stride or width), so it is grown in stage 1. None (no order) when
+        the space has ``allow_skip=False``: an ungrown layer would have no identity option.
+        """
+        if not self.allow_skip:
+            return None
+        depth = max(layer.index for layer in self.layers) + 1
+        stages = []
+        for d in range(depth):
+            grows = tuple(layer.name for layer in self.layers if layer.index == d)
+            filler = {layer.name: "skip" for layer in self.layers if layer.index > d}
+            stages.append(ComplexityStage(grows, filler))
+        return stages
 
     def config(self) -> dict[str, Any]:
         return {

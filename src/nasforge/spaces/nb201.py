@@ -29,7 +29,7 @@ from nasforge.errors import ArchError, ConfigError
 from nasforge.nn.choice import Choice, Path, Supernet, sum_edges
 from nasforge.nn.ops import NB201_OPS, ReLUConvBN
 from nasforge.registry import register
-from nasforge.spaces.base import SearchSpace
+from nasforge.spaces.base import ComplexityStage, SearchSpace
 
 #: The 5 operations in the official order (index = the benchmark's ``op_e`` code).
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -294,6 +294,28 @@ class NB201Space(SearchSpace):
 
     def decisions(self) -> dict[str, tuple[str, ...]]:
         return {name: OPS for name in EDGE_NAMES}
+
+    def complexity_stages(self) -> list[ComplexityStage]:
+        """Growth by intermediate node (the order PNAS searches in): stage ``b`` = 1, 2, 3 fixes
+        the ``b`` edges into node ``b``.
+
+        A cell grown up to node ``b`` is the full cell truncated after node ``b``: nodes 1..b are
+        computed exactly as in the full cell and the cell outputs node ``b``. In the fixed form,
+        the ungrown edges into the output node 3 are ``skip_connect`` from node ``b`` and
+        ``none`` from every other node, and the ungrown edges into the intermediate nodes
+        ``b+1 .. 2`` are ``none`` (those nodes are zero and unused). So after stage 1 the cell is
+        ``|op~0|+|none~0|none~1|+|none~0|skip_connect~1|none~2|`` (output = node 1), after
+        stage 2 ``|op~0|+|op~0|op~1|+|none~0|none~1|skip_connect~2|`` (output = node 2).
+        """
+        stages = []
+        for b in range(1, _NUM_NODES):
+            filler: dict[str, str] = {}
+            for to in range(b + 1, _NUM_NODES):
+                for frm in range(to):
+                    last = to == _NUM_NODES - 1 and frm == b
+                    filler[_edge_name(to, frm)] = "skip_connect" if last else "none"
+            stages.append(ComplexityStage(tuple(_edge_name(b, frm) for frm in range(b)), filler))
+        return stages
 
     def format(self, arch: Arch) -> str:
         self.validate(arch)
