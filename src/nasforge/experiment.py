@@ -382,6 +382,9 @@ def make_searcher(cfg: SearchConfig, space: SearchSpace, log: Callable[[str], No
         log(f"{cfg.method}: the {cfg.evaluator} evaluator has no budget knob, so every trial runs at full fidelity")
     if cls.multi_objective:
         kwargs.setdefault("objectives", tuple(objectives))
+        if len(kwargs["objectives"]) == 1:
+            log(f"{cfg.method}: one objective ({cfg.resolved_objective()}), so it runs as a single-objective "
+                "elitist search; give several with --objective, e.g. val_acc,min:params")
     searcher: Searcher = cls(space, seed=cfg.seed, **kwargs)
     if len(objectives) > 1 and not cls.multi_objective:
         from nasforge.searchers.pareto_wrapper import ParetoWrapper
