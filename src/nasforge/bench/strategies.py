@@ -298,10 +298,12 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for method, e in sorted(summary["methods"].items(), key=lambda kv: -kv[1]["mean"]):
+    colours = plt.get_cmap("tab20").colors
+    for i, (method, e) in enumerate(sorted(summary["methods"].items(), key=lambda kv: -kv[1]["mean"])):
         x = list(range(1, summary["queries"] + 1))
         mean, ci = e["mean_curve"], e["ci95_curve"]
-        (line,) = ax.plot(x, mean, label=f"{method} ({e['mean']:.2f})", linewidth=1.4)
+        (line,) = ax.plot(x, mean, label=f"{method} ({e['mean']:.2f})", linewidth=1.4,
+                          color=colours[(2 * i) % 20 + (i // 10)], linestyle=("-", "--", ":")[i % 3])
         ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
                         color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xscale("log")
@@ -314,6 +316,20 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def load_summary(out: str | Path) -> dict[str, Any]:
+    """A summary written by :func:`run_benchmark` with its curves read back from curves.csv
+    (to redraw the plot or reprint the table without rerunning)."""
+    out = Path(out)
+    summary = json.loads((out / "summary.json").read_text())
+    lines = (out / "curves.csv").read_text().splitlines()
+    header = lines[0].split(",")[1:]
+    columns = list(zip(*[[float(v) for v in line.split(",")[1:]] for line in lines[1:]]))
+    for name, column in zip(header, columns):
+        method, kind = name.rsplit("_", 1)
+        summary["methods"][method]["mean_curve" if kind == "mean" else "ci95_curve"] = list(column)
+    return summary
 
 
 def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
