@@ -116,3 +116,24 @@ def test_multi_fidelity_searchers_run_at_full_fidelity_on_the_table(tmp_path, ta
         _run(evaluator="table", table=table, method="bohb", method_kwargs={"min_fidelity": 0.1}, trials=5,
              out=str(tmp_path / "r2"))
     assert not (tmp_path / "r2").exists()
+
+
+def test_a_method_that_cannot_search_the_space_is_refused_before_the_run_dir(tmp_path):
+    with pytest.raises(ConfigError, match="pnas .*darts.*pnas supports nb201"):
+        _run(space="darts", method="pnas", out=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method,options,match", [
+    ("evolution", {"population_size": 0}, "population_size"),
+    ("bananas", {"k": 0}, "k"),
+    ("hyperband", {"eta": 1}, "eta"),
+    ("mnasnet_ppo", {}, "target"),
+    ("mnasnet_ppo", {"target": 5, "latency_metric": "pixel9_ms"}, "pixel9_ms"),
+])
+def test_bad_method_options_are_refused_before_the_run_dir(tmp_path, table, method, options, match):
+    from nasforge.errors import NasforgeError
+
+    with pytest.raises(NasforgeError, match=match):
+        _run(evaluator="table", table=table, method=method, method_kwargs=options, out=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
