@@ -298,7 +298,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colours = plt.get_cmap("tab20").colors
+    colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     for i, (method, e) in enumerate(sorted(summary["methods"].items(), key=lambda kv: -kv[1]["mean"])):
         x = list(range(1, summary["queries"] + 1))
         mean, ci = e["mean_curve"], e["ci95_curve"]
