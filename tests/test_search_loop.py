@@ -137,3 +137,15 @@ def test_bad_method_options_are_refused_before_the_run_dir(tmp_path, table, meth
     with pytest.raises(NasforgeError, match=match):
         _run(evaluator="table", table=table, method=method, method_kwargs=options, out=str(tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_searcher_that_reads_measured_latency_gets_it_from_the_cost_model(tmp_path):
+    """MnasNet's reward on measured CPU latency: the proxy evaluator does not report latency_ms,
+    so the loop measures it (once per architecture, kept in costs.json) and tells it."""
+    out = tmp_path / "r"
+    _run(method="mnasnet_ppo", method_kwargs={"target": 5.0, "latency_metric": "latency_ms", "accuracy_metric": "synflow",
+                                              "batch_size": 2},
+         evaluator="proxy", proxy="synflow", build_kwargs={"C": 4, "N": 1}, trials=3, final_train=False, out=str(out))
+    res = json.loads((out / "results.json").read_text())
+    assert all(t["metrics"]["latency_ms"] > 0 for t in res["trials"])
+    assert len(json.loads((out / "costs.json").read_text())) >= 1
