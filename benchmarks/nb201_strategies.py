@@ -17,7 +17,7 @@ import os
 import statistics
 from pathlib import Path
 
-from nasforge.bench.strategies import DEFAULT_METHODS, TableData, format_summary, run_benchmark
+from nasforge.bench.strategies import TableData, default_methods, format_summary, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +27,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--queries", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every multi-trial method but zennas)")
     ap.add_argument("--skip-latency", action="store_true", help="skip the MnasNet latency part")
     ap.add_argument("--kit", default=os.environ.get("NASFORGE_DATA_KIT", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb201_strategies"))
     args = ap.parse_args()
     table_path = Path(args.kit) / "nb201" / "nb201_table.csv.gz"
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m] if args.methods else default_methods()
     # A Pixel 3 latency target at the table's median latency (half the cells meet it): MnasNet's
     # reward needs one (its accuracy part is then ACC x (LAT/T)^-0.07, not the accuracy alone).
     rows = TableData.load(table_path).rows

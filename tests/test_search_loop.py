@@ -130,6 +130,8 @@ def test_a_method_that_cannot_search_the_space_is_refused_before_the_run_dir(tmp
     ("hyperband", {"eta": 1}, "eta"),
     ("mnasnet_ppo", {}, "target"),
     ("mnasnet_ppo", {"target": 5, "latency_metric": "pixel9_ms"}, "pixel9_ms"),
+    ("evolution", {"bogus": 1}, r"unknown option\(s\) \['bogus'\].*valid: aging, population_size, sample_size"),
+    ("bananas", {"k": "ten"}, "bad option for method 'bananas'|k"),
 ])
 def test_bad_method_options_are_refused_before_the_run_dir(tmp_path, table, method, options, match):
     from nasforge.errors import NasforgeError
@@ -149,3 +151,41 @@ def test_a_searcher_that_reads_measured_latency_gets_it_from_the_cost_model(tmp_
     res = json.loads((out / "results.json").read_text())
     assert all(t["metrics"]["latency_ms"] > 0 for t in res["trials"])
     assert len(json.loads((out / "costs.json").read_text())) >= 1
+
+
+def test_options_that_would_be_ignored_or_contradict_are_refused(tmp_path, table):
+    with pytest.raises(ConfigError, match="optimises its own reward"):
+        _run(evaluator="table", table=table, method="mnasnet_ppo", method_kwargs={"target": 10.0},
+             objective="min:params", out=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="disagrees with --objective"):
+        _run(evaluator="table", table=table, method="nsga2", objective="val_acc,min:params",
+             method_kwargs={"objectives": [["val_acc", 1], ["hwnb_pixel3_latency_ms", -1]]}, out=str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_nan_objective_is_a_failed_trial_and_best_prefers_feasible_trials():
+    import math
+
+    from nasforge.experiment import _fitness, _rank, parse_constraint
+    from nasforge.study import TrialRecord
+
+    assert _fitness({"val_loss": math.nan}, ("val_loss", -1), []) == -math.inf
+    assert _fitness({"val_acc": 50.0, "lat": 9.0}, ("val_acc", 1), [parse_constraint("lat<=5")]) == -math.inf
+    cheap_ok = TrialRecord(0, "a", 80.0, {}, 1.0, fidelity=1 / 3)
+    full_bad = TrialRecord(1, "b", -math.inf, {}, 1.0, fidelity=1.0)
+    full_ok = TrialRecord(2, "c", 70.0, {}, 1.0, fidelity=1.0)
+    assert max([cheap_ok, full_bad], key=_rank) is cheap_ok  # an infeasible full training is never "best"
+    assert max([cheap_ok, full_bad, full_ok], key=_rank) is full_ok  # full fidelity beats a cheap rung
+
+
+def test_metaqnn_never_rewards_a_failure_above_a_real_trial():
+    import math
+
+    from nasforge import get_space
+    from nasforge.searchers.metaqnn import MetaQNN
+
+    q = MetaQNN(get_space("nb201"), seed=0, reward_scale=1.0)
+    assert q.reward(-math.inf) == 0.0  # accuracies: the reference's 0
+    a = q.ask()
+    q.tell(a, -3.0)  # e.g. a min: objective or the Pareto wrapper's scalar
+    assert q.reward(-math.inf) == -3.0 < 0.0

@@ -342,15 +342,9 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def _bench_strategies(ns: argparse.Namespace) -> int:
-    from nasforge import registry
-    from nasforge.bench.strategies import format_summary, parse_method_options, run_benchmark
-    from nasforge.train.oneshot import OneShotMethod
+    from nasforge.bench.strategies import default_methods, format_summary, parse_method_options, run_benchmark
 
-    if ns.methods:
-        methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
-    else:
-        methods = [n for n in registry.names("method") if not isinstance(registry.get("method", n), OneShotMethod)
-                   and n != "zennas"]
+    methods = [m.strip() for m in ns.methods.split(",") if m.strip()] if ns.methods else default_methods()
     summary = run_benchmark(
         ns.table, methods, seeds=ns.seeds, queries=ns.queries, workers=ns.workers,
         options=parse_method_options(ns.method_opt), out=ns.out, latency_metric=ns.latency_metric,

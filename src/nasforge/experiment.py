@@ -342,8 +342,8 @@ def _fitness(metrics: dict[str, float], objective: tuple[str, int], constraints:
     metric, sign = objective
     if metric not in metrics:
         raise ConfigError(f"objective metric {metric!r} is not produced by the evaluator; it gives {sorted(metrics)}")
-    if _broken(metrics, constraints):
-        return -math.inf
+    if _broken(metrics, constraints) or math.isnan(metrics[metric]):
+        return -math.inf  # a NaN (e.g. the loss of a diverged training) is a failed trial, as Optuna records it
     return sign * metrics[metric]
 
 
@@ -380,12 +380,30 @@ def make_searcher(cfg: SearchConfig, space: SearchSpace, log: Callable[[str], No
             )
         kwargs["min_fidelity"] = 1.0
         log(f"{cfg.method}: the {cfg.evaluator} evaluator has no budget knob, so every trial runs at full fidelity")
+    known = set(cls.options()) | ({"min_fidelity"} if cls.multi_fidelity else set())
+    unknown = sorted(set(kwargs) - known - {"objectives"})
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for method {cfg.method!r}; valid: {', '.join(sorted(known)) or 'none'}")
+    if not cls.uses_fitness and (len(objectives) > 1 or cfg.objective):
+        raise ConfigError(
+            f"{cfg.method} optimises its own reward (see `nasforge methods`), not --objective "
+            f"{cfg.resolved_objective()!r}: leave --objective out and set the method's options"
+        )
     if cls.multi_objective:
+        given = kwargs.get("objectives")
+        if given is not None and cfg.objective and [tuple(o) for o in given] != [tuple(o) for o in objectives]:
+            raise ConfigError(
+                f"{cfg.method}: method option objectives={given!r} disagrees with --objective "
+                f"{cfg.objective!r}; give the objectives once, with --objective"
+            )
         kwargs.setdefault("objectives", tuple(objectives))
         if len(kwargs["objectives"]) == 1:
             log(f"{cfg.method}: one objective ({cfg.resolved_objective()}), so it runs as a single-objective "
                 "elitist search; give several with --objective, e.g. val_acc,min:params")
-    searcher: Searcher = cls(space, seed=cfg.seed, **kwargs)
+    try:
+        searcher: Searcher = cls(space, seed=cfg.seed, **kwargs)
+    except TypeError as e:  # an option of the wrong type (e.g. a string where a number belongs)
+        raise ConfigError(f"bad option for method {cfg.method!r} ({e}); options and defaults: {cls.options()}") from None
     if len(objectives) > 1 and not cls.multi_objective:
         from nasforge.searchers.pareto_wrapper import ParetoWrapper
 
@@ -518,7 +536,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         "config": cfg.to_dict(),
         "objective": cfg.resolved_objective(),
         "objectives": [f"{'max' if sign > 0 else 'min'}:{m}" for m, sign in objectives],
-        "pareto_front": _pareto_front(records, objectives, constraints) if len(objectives) > 1 else None,
+        "pareto_front": _pareto_front(records, objectives) if len(objectives) > 1 else None,
         "space_config": space.config(),
         "best": {"arch": best.arch, "trial": best.number, "fitness": best.fitness, "metrics": best.metrics,
                  "table": _table_lookup(cfg, space, best_arch)},
@@ -530,13 +548,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     return outcome
 
 
-def _rank(record: Any) -> tuple[float, float]:
-    """Order of trials for "best": a higher fidelity first (a multi-fidelity search's cheap rungs
-    are not comparable with full trainings), then the fitness."""
-    return (record.fidelity, record.fitness)
+def _rank(record: Any) -> tuple[float, float, float]:
+    """Order of trials for "best": feasible ones first, then a higher fidelity (a multi-fidelity
+    search's cheap rungs are not comparable with full trainings), then the fitness."""
+    return (float(math.isfinite(record.fitness)), record.fidelity, record.fitness)
 
 
-def _pareto_front(records: list[Any], objectives: list[tuple[str, int]], constraints: list[Constraint]) -> list[dict[str, Any]]:
+def _pareto_front(records: list[Any], objectives: list[tuple[str, int]]) -> list[dict[str, Any]]:
     """The feasible full-fidelity trials no other such trial dominates, sorted by the first objective."""
     from nasforge.pareto import pareto_front
 

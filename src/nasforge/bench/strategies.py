@@ -39,10 +39,12 @@ from nasforge import registry
 from nasforge.errors import BudgetError, ConfigError, require_choice
 
 CHECKPOINTS = (10, 25, 50, 100, 150)
-DEFAULT_METHODS = (
-    "random", "evolution", "nonaging_evolution", "reinforce", "nas_rl", "mnasnet_ppo", "metaqnn", "pnas", "bananas",
-    "gp_evolution", "nao", "mcts", "hyperband", "bohb", "nsga2",
-)
+def default_methods() -> list[str]:
+    """Every registered multi-trial method that searches NB201 (all but ``zennas``, whose space is its own)."""
+    from nasforge.train.oneshot import OneShotMethod
+
+    return [n for n in registry.names("method")
+            if not isinstance(registry.get("method", n), OneShotMethod) and n != "zennas"]
 
 
 @dataclass
@@ -76,7 +78,10 @@ def _searcher(method: str, seed: int, options: Mapping[str, Any]) -> Any:
     cls = registry.get("method", method)
     kwargs = dict(options)
     if cls.multi_fidelity:
-        kwargs["min_fidelity"] = 1.0  # the table has no budget knob
+        if kwargs.get("min_fidelity", 1.0) != 1.0:
+            raise ConfigError(f"the NB201 table has no budget knob: {method} runs at full fidelity only "
+                              f"(min_fidelity=1.0), not min_fidelity={kwargs['min_fidelity']!r}")
+        kwargs["min_fidelity"] = 1.0
     return cls(get_space("nb201"), seed=seed, **kwargs)
 
 
@@ -152,11 +157,10 @@ def run_jobs(table: TableData, path: str, jobs: list[tuple[str, int, int, dict[s
 
     SIGTERM and Ctrl-C stop the workers before the parent exits: no orphaned processes.
     """
-    if workers <= 1:
-        _init_worker(table, path)
+    if workers <= 1:  # in this process: its signal handlers and thread settings stay as they are
         results = []
         for job in jobs:
-            results.append(_work(job))
+            results.append(run_one(table, *job))
             if progress:
                 progress(results[-1])
         return results

@@ -59,9 +59,6 @@ class ProxyEvaluator:
         data = dataset if getattr(self.proxy, "needs_data", True) else None
         self.inputs, self.targets = fixed_batch(data, input_shape, batch_size, seed)
 
-    def metric_names(self) -> tuple[str, ...]:
-        return (self.name, "params", "flops", "macs")
-
     def __call__(self, arch: Arch) -> Result:
         start = time.perf_counter()
         torch.manual_seed(self.seed)

@@ -10,6 +10,7 @@ costs one query; the search budget on a table is counted in queries.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 from pathlib import Path
@@ -60,10 +61,6 @@ class NB201Table:
             self.rows[row["arch_str"]] = metrics
         self.queries = 0
 
-    def metric_names(self) -> tuple[str, ...]:
-        """Every metric a lookup returns (the table's numeric columns, val_acc, test_acc, params)."""
-        return table_metric_names(self.path)
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -80,15 +77,14 @@ class NB201Table:
         return key, self.rows[key][metric]
 
 
+@functools.lru_cache(maxsize=8)
 def table_metric_names(path: str | Path) -> tuple[str, ...]:
     """The metrics lookups in the table at ``path`` give, read from its header and first row only
     (the search loop checks objectives and constraints against them before a run starts)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        with gzip.open(io.BytesIO(raw), "rt") as f:
-            head = [f.readline(), f.readline()]
-    else:
-        head = raw.decode().splitlines(keepends=True)[:2]
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rt") if gzipped else open(path)) as f:  # noqa: SIM115 (one of two openers)
+        head = [f.readline(), f.readline()]
     rows = list(csv.DictReader(io.StringIO("".join(head))))
     if not rows:
         raise DataError(f"{path} has no rows")

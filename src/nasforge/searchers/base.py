@@ -28,6 +28,8 @@ Class attributes a searcher sets to tell the loop and the conformance suite what
   ``min_fidelity=1.0`` for evaluators without a budget knob (the table, proxies);
 * ``multi_objective``: it takes ``objectives`` (a tuple of ``(metric, sign)``) from the loop and
   reads them from ``metrics`` (NSGA-II);
+* ``uses_fitness``: False for a searcher that learns from its own reward computed from the
+  metrics (MnasNet's ACC x (LAT/T)^w): the loop then refuses ``--objective`` settings it would ignore;
 * ``smoke_options``: small settings for fast smoke runs (tests, ``nasforge bench strategies --smoke``).
 """
 
@@ -66,6 +68,7 @@ class Searcher(abc.ABC):
     no_repeats: ClassVar[bool] = False
     multi_fidelity: ClassVar[bool] = False
     multi_objective: ClassVar[bool] = False
+    uses_fitness: ClassVar[bool] = True
     smoke_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:

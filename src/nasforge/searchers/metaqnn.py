@@ -62,7 +62,9 @@ exceeds 1 (the fitness is an accuracy in %, as nasforge's evaluators report it) 
 that; it is recomputed at each replay, so every entry uses the same scale. Give ``reward_scale``
 explicitly for fitnesses that are not accuracies. A failed or infeasible trial (fitness
 ``-inf``) gets reward 0: the reference gives a network that could not be trained an accuracy
-of 0 as well, and 0 is below every real accuracy.
+of 0 as well, and 0 is below every real accuracy. When some told fitness is negative (a
+``min:`` objective, or the Pareto wrapper's scalar) a failure gets the lowest told reward
+instead, so it never outranks a real trial.
 
 Invalid combinations: an architecture that the space's ``check`` rejects is discarded (no
 update) and the agent samples again. Spaces cannot judge a partial architecture, so options are
@@ -178,6 +180,7 @@ class MetaQNN(Searcher):
         ]
         self.replay: list[tuple[tuple[int, ...], float]] = []  # (option indices, fitness), every told trial
         self._fitness: dict[tuple[int, ...], float] = {}  # unique told architectures
+        self._lowest = 0.0  # min(0, lowest finite fitness told): what a failed trial is scored
         self._asked: set[tuple[int, ...]] = set()  # every proposed or told architecture
         self._percent = False  # a told finite fitness exceeded 1 (auto reward scale)
 
@@ -218,10 +221,11 @@ class MetaQNN(Searcher):
         return self.epsilon_schedule[-1][0]
 
     def reward(self, fitness: float) -> float:
-        """The terminal reward of a trial: fitness / scale, 0 for a failed one (-inf or NaN)."""
-        if not math.isfinite(fitness):
-            return 0.0
+        """The terminal reward of a trial: fitness / scale; for a failed one (-inf or NaN) 0, or the
+        lowest told reward when some fitness is negative (so a failure never outranks a real trial)."""
         scale = self.reward_scale if self.reward_scale is not None else (100.0 if self._percent else 1.0)
+        if not math.isfinite(fitness):
+            return self._lowest / scale
         return fitness / scale
 
     # ---- Q-learning --------------------------------------------------------------------------
@@ -296,6 +300,8 @@ class MetaQNN(Searcher):
             fitness = -math.inf
         if math.isfinite(fitness) and fitness > 1.0:
             self._percent = True
+        if math.isfinite(fitness):
+            self._lowest = min(self._lowest, fitness)
         self._asked.add(seq)
         self._fitness.setdefault(seq, fitness)
         self.replay.append((seq, fitness))

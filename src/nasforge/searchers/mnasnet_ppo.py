@@ -18,7 +18,10 @@ Algorithm as implemented:
   ``metrics[latency_metric]`` (default ``hwnb_pixel3_latency_ms``; any metric the evaluator or
   cost model reports: a table latency, ``latency_ms``, ``flops``); both are declared in
   :meth:`MnasNetPPO.required_metrics`, and the fitness is *not* used except to recognise a
-  failed trial (fitness ``-inf`` or NaN), whose reward is 0. ``target`` (T) has no default: it
+  failed trial (fitness ``-inf`` or NaN), whose reward is 0. The search loop's ``--objective``
+  therefore plays no part in what the controller learns (it only picks the reported best trial),
+  so the loop refuses an explicit ``--objective`` or several objectives with this method
+  (``uses_fitness = False``). ``target`` (T) has no default: it
   depends on the device and the metric's unit (the paper's 75 ms on a Pixel 1 for ImageNet
   models is meaningless for NAS-Bench-201 cells), so it must be given.
 * **Controller**: :class:`~nasforge.searchers._controller.LSTMController`, the NAS-RL/NASNet
@@ -107,6 +110,7 @@ class MnasNetPPO(Searcher):
         "Tan, Chen, Pang, Vasudevan, Sandler, Howard & Le, MnasNet: Platform-Aware Neural Architecture "
         "Search for Mobile, CVPR 2019"
     )
+    uses_fitness: ClassVar[bool] = False  # the reward is ACC x (LAT/T)^w from the metrics
     smoke_options: ClassVar[dict[str, Any]] = {"target": 5.0, "batch_size": 4, "ppo_epochs": 2, "lstm_size": 16}
 
     def __init__(
