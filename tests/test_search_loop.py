@@ -189,3 +189,16 @@ def test_metaqnn_never_rewards_a_failure_above_a_real_trial():
     a = q.ask()
     q.tell(a, -3.0)  # e.g. a min: objective or the Pareto wrapper's scalar
     assert q.reward(-math.inf) == -3.0 < 0.0
+
+
+def test_rungs_that_round_to_the_same_epochs_are_reported(tmp_path):
+    from nasforge.experiment import _warn_collapsed_rungs
+
+    said: list[str] = []
+    _warn_collapsed_rungs(SearchConfig(method="hyperband", recipe_overrides={"epochs": 3}),
+                          {"eta": 3, "min_fidelity": 1 / 9}, said.append)
+    assert said and "[1, 1, 3]" in said[0]
+    said.clear()
+    _warn_collapsed_rungs(SearchConfig(method="hyperband", recipe_overrides={"epochs": 9}),
+                          {"eta": 3, "min_fidelity": 1 / 9}, said.append)
+    assert said == []

@@ -389,6 +389,8 @@ def make_searcher(cfg: SearchConfig, space: SearchSpace, log: Callable[[str], No
             f"{cfg.method} optimises its own reward (see `nasforge methods`), not --objective "
             f"{cfg.resolved_objective()!r}: leave --objective out and set the method's options"
         )
+    if cls.multi_fidelity and cfg.evaluator == "train":
+        _warn_collapsed_rungs(cfg, {**cls.options(), **kwargs}, log)
     if cls.multi_objective:
         given = kwargs.get("objectives")
         if given is not None and cfg.objective and [tuple(o) for o in given] != [tuple(o) for o in objectives]:
@@ -418,6 +420,23 @@ def make_searcher(cfg: SearchConfig, space: SearchSpace, log: Callable[[str], No
                 f"valid: {', '.join(sorted(provided))}"
             )
     return searcher
+
+
+def _warn_collapsed_rungs(cfg: SearchConfig, options: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Say when Hyperband-style rungs (fidelities eta^-s) round to the same number of epochs: the
+    same training would then run under two fidelity labels."""
+    from nasforge.train.recipes import get_recipe
+
+    eta, low = options.get("eta"), options.get("min_fidelity")
+    if not isinstance(eta, (int, float)) or not isinstance(low, (int, float)) or eta <= 1 or not 0 < low < 1:
+        return  # the searcher validates its own options
+    epochs = get_recipe(cfg.recipe, **cfg.recipe_overrides).epochs
+    s_max = int(math.floor(math.log(1 / low) / math.log(eta) + 1e-9))
+    per_rung = [max(1, round(epochs * eta ** -s)) for s in range(s_max, -1, -1)]
+    if len(set(per_rung)) < len(per_rung):
+        log(f"{cfg.method}: with {epochs} epochs the rungs at fidelities "
+            f"{', '.join(f'{eta ** -s:.3g}' for s in range(s_max, -1, -1))} train {per_rung} epochs: "
+            "some rungs repeat the same training; raise --epochs or min_fidelity")
 
 
 def _needed_cost_metrics(cfg: SearchConfig, searcher: Searcher) -> frozenset[str]:
