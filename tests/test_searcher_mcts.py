@@ -155,6 +155,31 @@ def test_asked_but_untold_architecture_is_not_proposed_again():
     assert all(s.ask() != first for _ in range(10))
 
 
+def test_discarded_proposal_is_backed_up_as_a_failed_trial():
+    s = AlphaXMCTS(ToySpace(), seed=0, reward_scale=1.0)
+    for f in (0.9, 0.6, 0.3):
+        s.tell(s.ask(), f)
+    first = s.ask()  # the loop found it infeasible and asks again without a tell
+    n, w = s.tree[()]
+    assert s.ask() != first
+    assert s.tree[()][0] == n + 1 and s.tree[()][1] - w == pytest.approx(0.3)  # the lowest reward seen
+    assert s.tree[(_seq(first)[0],)][0] >= 2
+    s.tell(first, 1.0)  # a late tell of the discarded proposal changes no node
+    assert s.tree[()] == [n + 1, pytest.approx(w + 0.3)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_repeated_asks_without_tells_do_not_keep_descending_into_one_subtree(seed):
+    s = AlphaXMCTS(ToySpace(), seed=seed, reward_scale=1.0)
+    for f in (0.9, 0.6, 0.3):
+        s.tell(s.ask(), f)
+    firsts = []
+    for _ in range(6):
+        firsts.append(_seq(s.ask())[0])
+        assert sum(stats[0] == 0 for stats in s.tree.values()) <= 1  # only the node just expanded
+    assert max(firsts.count(a) for a in range(3)) <= 3  # without the backup: 6 times the same child
+
+
 def test_search_concentrates_on_good_subtrees_on_nb201():
     """Synthetic nb201 landscape: the tree visits the best first-edge option most."""
     space = get_space("nb201")

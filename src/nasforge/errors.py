@@ -7,6 +7,7 @@ ordinary ``except ValueError`` code keeps working.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -67,3 +68,41 @@ def require_choice(kind: str, value: object, valid: Iterable[object]) -> None:
     valid = list(valid)
     if value not in valid:
         raise UnknownNameError(kind, value, valid)
+
+
+def _bound(x: float) -> str:
+    return f"{x:g}"
+
+
+def check_int(name: str, value: object, *, low: int = 1, error: type[NasforgeError] = BudgetError) -> int:
+    """``value`` as an int >= ``low``; else ``error`` (default :class:`BudgetError`) naming the option,
+    the bad value and the valid range. Bools are rejected (``True`` is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise error(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_float(
+    name: str, value: object, *, low: float = -math.inf, high: float = math.inf,
+    low_open: bool = False, high_open: bool = False, error: type[NasforgeError] = ConfigError,
+) -> float:
+    """``value`` as a finite float in the interval from ``low`` to ``high`` (each end closed unless
+    ``low_open``/``high_open``; an infinite end is always open); else ``error`` (default
+    :class:`ConfigError`) naming the option, the bad value and the interval. Bools, NaN and
+    infinities are rejected."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo = "(" if low_open or math.isinf(low) else "["
+        hi = ")" if high_open or math.isinf(high) else "]"
+        raise error(f"{name} must be a finite number in {lo}{_bound(low)}, {_bound(high)}{hi}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_probability(name: str, value: object, *, low_open: bool = False,
+                      error: type[NasforgeError] = ConfigError) -> float:
+    """``value`` as a float in ``[0, 1]`` (``(0, 1]`` if ``low_open``); else ``error`` (default
+    :class:`ConfigError`), as :func:`check_float`."""
+    return check_float(name, value, low=0.0, high=1.0, low_open=low_open, error=error)

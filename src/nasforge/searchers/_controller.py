@@ -33,31 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from nasforge.arch import Arch
-from nasforge.errors import ArchError, BudgetError, ConfigError
+from nasforge.errors import ArchError, ConfigError
 from nasforge.spaces.base import SearchSpace
 
 MAX_REJECTIONS = 10_000  # as SearchSpace.sample
-
-
-def check_int(name: str, value: object, *, low: int = 1) -> int:
-    """``value`` as an int >= ``low``, else :class:`BudgetError` naming it and the valid range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BudgetError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_float(name: str, value: object, *, low: float, high: float = math.inf,
-                low_open: bool = True, high_open: bool = False) -> float:
-    """``value`` as a float in the given interval, else :class:`ConfigError` naming it and the range."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open or math.isinf(high) else "]"
-        raise ConfigError(f"{name} must be a finite number in {lo}{low}, {high}{hi}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
 
 
 def log_softmax(z: Tensor) -> Tensor:
@@ -148,10 +127,9 @@ class LSTMController(nn.Module):
 def sample_arch(space: SearchSpace, draw: Callable[[], list[int]], *, what: str) -> tuple[Arch, list[int]]:
     """Draw sequences with ``draw()`` (option indices in canonical order) until one is a valid
     Arch of ``space`` (rejection; see the module docstring)."""
-    decisions = list(space.decisions().items())
     for _ in range(MAX_REJECTIONS):
         seq = draw()
-        arch = Arch(space.name, tuple((d, opts[i]) for (d, opts), i in zip(decisions, seq)))
+        arch = space.arch_from_indices(seq)
         if space.is_valid(arch):
             return arch, list(seq)
     raise ArchError(f"{what} drew no valid architecture of {space.name} in {MAX_REJECTIONS} tries")

@@ -79,7 +79,7 @@ import numpy as np
 from scipy.stats import norm
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_float, check_int
 from nasforge.registry import register
 from nasforge.searchers._encodings import check_encoding, encode
 from nasforge.searchers._surrogates import MLPEnsemble, single_threaded_blas
@@ -138,12 +138,6 @@ def sample_unseen(space: SearchSpace, rng: random.Random, seen: set[Arch]) -> Ar
     raise BudgetError(f"no architecture of {space.name} that was not proposed before in {_SAMPLE_TRIES} samples")
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BudgetError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 @register("method", "bananas")
 class Bananas(Searcher):
     name: ClassVar[str] = "bananas"
@@ -164,23 +158,21 @@ class Bananas(Searcher):
         acquisition: str = "its", encoding: str = "path",
     ) -> None:
         super().__init__(space, seed=seed)
-        self.num_init = _positive_int("num_init", num_init)
-        self.k = _positive_int("k", k)
-        self.num_ensemble = _positive_int("num_ensemble", num_ensemble)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        self.layer_width = _positive_int("layer_width", layer_width)
-        self.epochs = _positive_int("epochs", epochs)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.num_candidates = _positive_int("num_candidates", num_candidates)
-        self.num_arches_to_mutate = _positive_int("num_arches_to_mutate", num_arches_to_mutate)
-        self.patience_factor = _positive_int("patience_factor", patience_factor)
+        self.num_init = check_int("num_init", num_init)
+        self.k = check_int("k", k)
+        self.num_ensemble = check_int("num_ensemble", num_ensemble)
+        self.num_layers = check_int("num_layers", num_layers)
+        self.layer_width = check_int("layer_width", layer_width)
+        self.epochs = check_int("epochs", epochs)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.num_candidates = check_int("num_candidates", num_candidates)
+        self.num_arches_to_mutate = check_int("num_arches_to_mutate", num_arches_to_mutate)
+        self.patience_factor = check_int("patience_factor", patience_factor)
         if self.num_arches_to_mutate > self.num_candidates:
             raise BudgetError(
                 f"num_arches_to_mutate must be in [1, num_candidates={num_candidates}], got {num_arches_to_mutate}"
             )
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = check_float("lr", lr, low=0.0, low_open=True)
         if acquisition not in ACQUISITIONS:
             raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {acquisition!r}")
         self.acquisition = acquisition

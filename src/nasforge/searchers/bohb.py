@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, check_float, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher
 from nasforge.searchers.hyperband import HyperbandScheduler
@@ -146,20 +146,13 @@ class BOHB(Searcher):
     ) -> None:
         super().__init__(space, seed=seed)
         decisions = space.decisions()
-        self._names = list(decisions)
-        self._options = [decisions[d] for d in self._names]
-        self._levels = np.array([len(o) for o in self._options], dtype=np.int64)
+        self._levels = np.array([len(o) for o in decisions.values()], dtype=np.int64)
         dim = int((self._levels > 1).sum())
-        if not 0 < top_n_percent < 100:
-            raise ConfigError(f"top_n_percent must be in (0, 100), got {top_n_percent!r}")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise BudgetError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if not 0 <= random_fraction <= 1:
-            raise ConfigError(f"random_fraction must be in [0, 1], got {random_fraction!r}")
-        if not bandwidth_factor >= 1:
-            raise ConfigError(f"bandwidth_factor must be >= 1 (it widens the sampling density), got {bandwidth_factor!r}")
-        if not min_bandwidth > 0:
-            raise ConfigError(f"min_bandwidth must be > 0, got {min_bandwidth!r}")
+        check_float("top_n_percent", top_n_percent, low=0.0, high=100.0, low_open=True, high_open=True)
+        check_int("num_samples", num_samples)
+        check_probability("random_fraction", random_fraction)
+        check_float("bandwidth_factor", bandwidth_factor, low=1.0)  # >= 1: it widens the sampling density
+        check_float("min_bandwidth", min_bandwidth, low=0.0, low_open=True)
         if min_points_in_model is None:
             min_points_in_model = dim + 1
         if not isinstance(min_points_in_model, int) or min_points_in_model < dim + 1:
@@ -238,7 +231,7 @@ class BOHB(Searcher):
                 int(m) if self.rng.random() < keep[j] else self.rng.randrange(int(self._levels[j]))
                 for j, m in enumerate(datum)
             ]
-            if self._valid(vec):
+            if self.space.is_valid(self.space.arch_from_indices(vec)):
                 candidates.append(vec)
         if not candidates:
             self.model_based.append(False)
@@ -249,6 +242,3 @@ class BOHB(Searcher):
         self.model_based.append(True)
         return self.space.decode_sequence(candidates[best])
 
-    def _valid(self, vec: list[int]) -> bool:
-        arch = Arch(self.space.name, tuple((d, opts[i]) for d, opts, i in zip(self._names, self._options, vec)))
-        return self.space.is_valid(arch)

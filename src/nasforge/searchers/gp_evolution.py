@@ -77,7 +77,7 @@ import numpy as np
 from scipy.stats import norm
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_float, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers._encodings import check_encoding, encode
 from nasforge.searchers._surrogates import fit_gp, single_threaded_blas
@@ -87,20 +87,6 @@ from nasforge.spaces.base import SearchSpace
 
 ACQUISITIONS: tuple[str, ...] = ("mean", "ei", "ucb")
 UCB_BETA = 2.0
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BudgetError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _probability(name: str, value: Any, *, open_low: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (0.0 < value <= 1.0 if open_low else 0.0 <= value <= 1.0)
-    if not ok:
-        raise ConfigError(f"{name} must be a number in {'(0, 1]' if open_low else '[0, 1]'}, got {value!r}")
-    return float(value)
 
 
 def crossover(space: SearchSpace, a: Arch, b: Arch, rng: random.Random) -> Arch:
@@ -124,24 +110,19 @@ class GPEvolution(Searcher):
         encoding: str = "onehot",
     ) -> None:
         super().__init__(space, seed=seed)
-        self.num_init = _positive_int("num_init", num_init)
-        self.k = _positive_int("k", k)
-        self.population_size = _positive_int("population_size", population_size)
-        self.generations = _positive_int("generations", generations)
-        self.parent_fraction = _probability("parent_fraction", parent_fraction, open_low=True)
-        self.crossover_prob = _probability("crossover_prob", crossover_prob)
+        self.num_init = check_int("num_init", num_init)
+        self.k = check_int("k", k)
+        self.population_size = check_int("population_size", population_size)
+        self.generations = check_int("generations", generations)
+        self.parent_fraction = check_probability("parent_fraction", parent_fraction, low_open=True)
+        self.crossover_prob = check_probability("crossover_prob", crossover_prob)
         if acquisition not in ACQUISITIONS:
             raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {acquisition!r}")
         self.acquisition = acquisition
         if not isinstance(cost_metric, str) or not cost_metric:
             raise ConfigError(f"cost_metric must be a metric name (e.g. 'params', 'flops'), got {cost_metric!r}")
         self.cost_metric = cost_metric
-        if cost_limit is not None and (
-            isinstance(cost_limit, bool) or not isinstance(cost_limit, (int, float))
-            or not (math.isfinite(cost_limit) and cost_limit > 0)
-        ):
-            raise ConfigError(f"cost_limit must be None or a positive number, got {cost_limit!r}")
-        self.cost_limit = None if cost_limit is None else float(cost_limit)
+        self.cost_limit = None if cost_limit is None else check_float("cost_limit", cost_limit, low=0.0, low_open=True)
         check_encoding(encoding)
         self.encoding = encoding
         self.proposed: set[Arch] = set()

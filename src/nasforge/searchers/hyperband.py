@@ -49,22 +49,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
-
-
-def _check_eta(eta: Any) -> int:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta != int(eta) or int(eta) < 2:
-        raise ConfigError(f"eta must be an integer >= 2, got {eta!r}")
-    return int(eta)
-
-
-def _check_min_fidelity(min_fidelity: Any) -> float:
-    if isinstance(min_fidelity, bool) or not isinstance(min_fidelity, (int, float)) or not 0 < min_fidelity <= 1:
-        raise BudgetError(f"min_fidelity must be in (0, 1] (a share of the full budget), got {min_fidelity!r}")
-    return float(min_fidelity)
 
 
 def _rank_key(fitness: float) -> float:
@@ -85,8 +73,12 @@ class HyperbandScheduler:
     """
 
     def __init__(self, new_config: Callable[[], Arch], *, eta: int = 3, min_fidelity: float = 1 / 9) -> None:
-        self.eta = _check_eta(eta)
-        self.min_fidelity = _check_min_fidelity(min_fidelity)
+        given: object = eta
+        if isinstance(given, float) and given.is_integer():  # eta=3.0, as a config file may give it
+            given = int(given)
+        self.eta = check_int("eta", given, low=2, error=ConfigError)
+        # min_fidelity is a share of the full budget
+        self.min_fidelity = check_probability("min_fidelity", min_fidelity, low_open=True, error=BudgetError)
         ratio = 1.0 / self.min_fidelity
         s = 0
         while self.eta ** (s + 1) <= ratio * (1 + 1e-9):  # floor(log_eta(R)), robust to rounding of 1/R

@@ -44,7 +44,13 @@ proposed is *exhausted* and is skipped by selection, expansion and rollouts (the
 re-trains a network either: it looks a trained one up in its ``trained_networks`` memory). When
 the whole space is exhausted ``ask`` raises :class:`~nasforge.errors.BudgetError`. An
 architecture that was proposed but never told (the search loop found it infeasible) counts as
-proposed; its path receives no update.
+proposed. If ``ask`` is called again while the previous proposal is still pending (asked, not
+told: the search loop discards a proposal that breaks a cost constraint and asks again), that
+proposal counts as a failed trial: its path is backed up with the lowest reward seen so far (0
+before any; averaged with its predicted rollouts as in step 3), as Hyperband counts a discarded
+promotion as failed. Without this the expanded node would keep ``N = 0``, hence UCT +inf, and
+every later selection would descend into it. It is not a told trial: it is not meta-DNN training
+data and does not count towards ``refit_every``; a late ``tell`` of it changes no node.
 
 The meta-DNN
 ------------
@@ -88,7 +94,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, check_float, check_int
 from nasforge.registry import register
 from nasforge.searchers._surrogates import single_threaded_blas
 from nasforge.searchers.base import Searcher
@@ -97,23 +103,6 @@ from nasforge.spaces.base import SearchSpace
 _MAX_RESTARTS = 1000  # MCTS iterations per ask that may end on an invalid architecture
 _REJECTIONS = 200  # uniform rollout draws before enumerating the subtree
 _ENUMERATE_LIMIT = 200_000  # largest subtree enumerated when rejection sampling fails
-
-
-def _positive_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BudgetError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _positive_float(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-        value < 0 if allow_zero else value <= 0
-    ):
-        bound = "[0, inf)" if allow_zero else "(0, inf)"
-        raise ConfigError(f"{name} must be a finite number in {bound}, got {value!r}")
-    return float(value)
-
-
 
 
 class _MetaDNN:
@@ -223,19 +212,16 @@ class AlphaXMCTS(Searcher):
         reward_scale: float | None = None,
     ) -> None:
         super().__init__(space, seed=seed)
-        self.exploration = _positive_float("exploration", exploration, allow_zero=True)
-        self.predicted_rollouts = _positive_int("predicted_rollouts", predicted_rollouts, low=0)
-        self.refit_every = _positive_int("refit_every", refit_every)
-        hidden = _positive_int("predictor_hidden", predictor_hidden)
-        steps = _positive_int("predictor_steps", predictor_steps)
-        lr = _positive_float("predictor_lr", predictor_lr)
-        self.reward_scale = None if reward_scale is None else _positive_float("reward_scale", reward_scale)
+        self.exploration = check_float("exploration", exploration, low=0.0)
+        self.predicted_rollouts = check_int("predicted_rollouts", predicted_rollouts, low=0)
+        self.refit_every = check_int("refit_every", refit_every)
+        hidden = check_int("predictor_hidden", predictor_hidden)
+        steps = check_int("predictor_steps", predictor_steps)
+        lr = check_float("predictor_lr", predictor_lr, low=0.0, low_open=True)
+        self.reward_scale = None if reward_scale is None else check_float("reward_scale", reward_scale, low=0.0, low_open=True)
 
         decisions = space.decisions()
-        self._names = list(decisions)
-        self._options = [decisions[d] for d in self._names]
-        self._index = [{o: i for i, o in enumerate(opts)} for opts in self._options]
-        self._sizes = [len(opts) for opts in self._options]
+        self._sizes = [len(opts) for opts in decisions.values()]
         n = len(self._sizes)
         # completions under a node of depth d: the product of the option counts of decisions d..n-1
         self._completions = [math.prod(self._sizes[d:]) for d in range(n + 1)]
@@ -248,6 +234,7 @@ class AlphaXMCTS(Searcher):
         self._dead: set[tuple[int, ...]] = set()  # nodes without a valid unproposed completion
         self._asked: set[tuple[int, ...]] = set()
         self._pending: dict[tuple[int, ...], tuple[tuple[int, ...], float | None]] = {}  # leaf -> (node, mean pred)
+        self._last: tuple[int, ...] | None = None  # the leaf the latest ask returned
         self._told: dict[tuple[int, ...], float] = {}  # leaf -> reward
         self._scale: float | None = self.reward_scale
         self._lowest: float | None = None
@@ -264,13 +251,6 @@ class AlphaXMCTS(Searcher):
         }
 
     # ---- helpers -----------------------------------------------------------------------------
-    def _arch(self, seq: Sequence[int]) -> Arch:
-        return Arch(self.space.name, tuple((d, opts[i]) for d, opts, i in zip(self._names, self._options, seq)))
-
-    def _seq(self, arch: Arch) -> tuple[int, ...]:
-        self.space.validate(arch)
-        return tuple(index[o] for index, (_, o) in zip(self._index, arch.choices))
-
     def _exhausted(self, node: tuple[int, ...]) -> bool:
         return node in self._dead or self._asked_under.get(node, 0) >= self._completions[len(node)]
 
@@ -295,13 +275,13 @@ class AlphaXMCTS(Searcher):
         rng, depth = self.rng, len(node)
         for _ in range(_REJECTIONS):
             seq = node + tuple(rng.randrange(k) for k in self._sizes[depth:])
-            if seq not in self._asked and self.space.is_valid(self._arch(seq)):
+            if seq not in self._asked and self.space.is_valid(self.space.arch_from_indices(seq)):
                 return seq
         if self._completions[depth] > _ENUMERATE_LIMIT:
             return None
         left = [
             node + rest for rest in itertools.product(*(range(k) for k in self._sizes[depth:]))
-            if node + rest not in self._asked and self.space.is_valid(self._arch(node + rest))
+            if node + rest not in self._asked and self.space.is_valid(self.space.arch_from_indices(node + rest))
         ]
         return rng.choice(left) if left else None
 
@@ -316,7 +296,22 @@ class AlphaXMCTS(Searcher):
         return sum(self._told[s] if s in self._told else preds[s] for s in seqs) / len(seqs)
 
     # ---- ask / tell --------------------------------------------------------------------------
+    def _backup(self, leaf: tuple[int, ...], acc: float) -> None:
+        """Backpropagation of reward ``acc`` of the pending ``leaf`` (no-op if it is not pending)."""
+        pending = self._pending.pop(leaf, None)
+        if pending is None:
+            return
+        node, pred = pending
+        q_sim = acc if pred is None else (acc + pred) / 2
+        for d in range(len(node) + 1):  # the root ... the expanded node
+            stats = self.tree[node[:d]]
+            stats[0] += 1
+            stats[1] += q_sim
+
     def ask(self) -> Arch:
+        if self._last is not None:  # asked again without a tell: the proposal was discarded (failed)
+            self._backup(self._last, self._reward(-math.inf))
+            self._last = None
         n = len(self._sizes)
         for _ in range(_MAX_RESTARTS):
             if self._exhausted(()):
@@ -341,14 +336,15 @@ class AlphaXMCTS(Searcher):
                 best = max(values)
                 node = self.rng.choice([c for c, v in zip(avail, values) if v == best])
             else:  # an unproposed leaf already in the tree (never happens with told leaves)
-                leaf = node if self.space.is_valid(self._arch(node)) else None
+                leaf = node if self.space.is_valid(self.space.arch_from_indices(node)) else None
                 if leaf is None:
                     self._dead.add(node)
             if leaf is None:
                 continue
             self._mark_asked(leaf)
             self._pending[leaf] = (node, self._predicted(node))
-            return self._arch(leaf)
+            self._last = leaf
+            return self.space.arch_from_indices(leaf)
         raise BudgetError(
             f"mcts has proposed every valid architecture it can reach ({len(self._asked)} proposed, the "
             f"space {self.space.name} has at most {self.space.size()}); the space looks exhausted"
@@ -364,7 +360,7 @@ class AlphaXMCTS(Searcher):
         return self._lowest if self._lowest is not None else 0.0
 
     def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
-        seq = self._seq(arch)
+        seq = self.space.indices_of(self.space.validate(arch))
         fitness = float(fitness)
         if math.isnan(fitness):
             fitness = -math.inf
@@ -372,14 +368,7 @@ class AlphaXMCTS(Searcher):
         self._mark_asked(seq)
         if math.isfinite(fitness):
             self._told.setdefault(seq, acc)
-        pending = self._pending.pop(seq, None)
-        if pending is not None:
-            node, pred = pending
-            q_sim = acc if pred is None else (acc + pred) / 2
-            for d in range(len(node) + 1):  # backpropagation: the root ... the expanded node
-                stats = self.tree[node[:d]]
-                stats[0] += 1
-                stats[1] += q_sim
+        self._backup(seq, acc)
         self._n_told += 1
         if self._n_told % self.refit_every == 0 and len(self._told) >= self.refit_every:
             seqs = list(self._told)

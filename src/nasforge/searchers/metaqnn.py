@@ -87,7 +87,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_float, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
@@ -101,16 +101,6 @@ PAPER_EPSILON_SCHEDULE: tuple[tuple[float, int], ...] = (
 
 _MAX_DRAWS = 1000  # Q-policy draws per ask before falling back to uniform sampling
 _MAX_UNIFORM = 10_000  # uniform draws of that fallback before the space counts as exhausted
-
-
-def _check_number(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
-    return float(value)
 
 
 @register("method", "metaqnn")
@@ -150,15 +140,13 @@ class MetaQNN(Searcher):
         epsilon_schedule: Sequence[Sequence[float]] | None = None, reward_scale: float | None = None,
     ) -> None:
         super().__init__(space, seed=seed)
-        self.learning_rate = _check_number("learning_rate", learning_rate, 0.0, 1.0, low_open=True)
-        self.discount = _check_number("discount", discount, 0.0, 1.0)
-        self.q_init = _check_number("q_init", q_init, -math.inf, math.inf)
-        if isinstance(replay_number, bool) or not isinstance(replay_number, int) or replay_number < 0:
-            raise BudgetError(f"replay_number must be an integer >= 0, got {replay_number!r}")
-        self.replay_number = replay_number
-        self.schedule_scale = _check_number("schedule_scale", schedule_scale, 0.0, math.inf, low_open=True)
+        self.learning_rate = check_probability("learning_rate", learning_rate, low_open=True)
+        self.discount = check_probability("discount", discount)
+        self.q_init = check_float("q_init", q_init)
+        self.replay_number = check_int("replay_number", replay_number, low=0)
+        self.schedule_scale = check_float("schedule_scale", schedule_scale, low=0.0, low_open=True)
         if reward_scale is not None:
-            reward_scale = _check_number("reward_scale", reward_scale, 0.0, math.inf, low_open=True)
+            reward_scale = check_float("reward_scale", reward_scale, low=0.0, low_open=True)
         self.reward_scale = reward_scale
         phases = PAPER_EPSILON_SCHEDULE if epsilon_schedule is None else epsilon_schedule
         self.epsilon_schedule = self._parse_schedule(phases)
@@ -170,10 +158,7 @@ class MetaQNN(Searcher):
         self._phase_ends = ends
 
         decisions = space.decisions()
-        self._names = list(decisions)
-        self._options = [decisions[d] for d in self._names]
-        self._index = [{o: i for i, o in enumerate(opts)} for opts in self._options]
-        sizes = [len(opts) for opts in self._options]
+        sizes = [len(opts) for opts in decisions.values()]
         # Q[i][row][a]: row = option of decision i-1 (0 for the start state), a = option of decision i
         self.q: list[list[list[float]]] = [
             [[self.q_init] * sizes[i] for _ in range(1 if i == 0 else sizes[i - 1])] for i in range(len(sizes))
@@ -196,10 +181,8 @@ class MetaQNN(Searcher):
         for item in items:
             if len(item) != 2:
                 raise ConfigError(f"epsilon_schedule phases are (epsilon, models) pairs, got {item!r}")
-            eps = _check_number("epsilon_schedule epsilon", item[0], 0.0, 1.0)
-            count = item[1]
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ConfigError(f"epsilon_schedule model counts must be integers >= 1, got {count!r}")
+            eps = check_probability("epsilon_schedule epsilon", item[0])
+            count = check_int("epsilon_schedule model count", item[1], error=ConfigError)
             out.append((eps, count))
         return tuple(out)
 
@@ -260,13 +243,6 @@ class MetaQNN(Searcher):
         return tuple(seq)
 
     # ---- ask / tell --------------------------------------------------------------------------
-    def _arch(self, seq: Sequence[int]) -> Arch:
-        return Arch(self.space.name, tuple((d, opts[i]) for d, opts, i in zip(self._names, self._options, seq)))
-
-    def _seq(self, arch: Arch) -> tuple[int, ...]:
-        self.space.validate(arch)
-        return tuple(index[o] for index, (_, o) in zip(self._index, arch.choices))
-
     def ask(self) -> Arch:
         epsilon = self.epsilon()
         for _ in range(_MAX_DRAWS):
@@ -277,14 +253,14 @@ class MetaQNN(Searcher):
                 continue
             if seq in self._asked:  # proposed but never told (infeasible): sample again
                 continue
-            arch = self._arch(seq)
+            arch = self.space.arch_from_indices(seq)
             if not self.space.is_valid(arch):
                 continue
             self._asked.add(seq)
             return arch
         for _ in range(_MAX_UNIFORM):  # the policy keeps to known architectures: a uniform new one
             arch = self.space.sample(self.rng)
-            seq = self._seq(arch)
+            seq = self.space.indices_of(self.space.validate(arch))
             if seq not in self._asked:
                 self._asked.add(seq)
                 return arch
@@ -294,7 +270,7 @@ class MetaQNN(Searcher):
         )
 
     def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
-        seq = self._seq(arch)
+        seq = self.space.indices_of(self.space.validate(arch))
         fitness = float(fitness)
         if math.isnan(fitness):
             fitness = -math.inf

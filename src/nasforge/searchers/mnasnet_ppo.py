@@ -59,9 +59,9 @@ from typing import Any, ClassVar
 import torch
 
 from nasforge.arch import Arch
-from nasforge.errors import ConfigError
+from nasforge.errors import ConfigError, check_float, check_int
 from nasforge.registry import register
-from nasforge.searchers._controller import LSTMController, check_float, check_int, sample_arch
+from nasforge.searchers._controller import LSTMController, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
@@ -126,7 +126,7 @@ class MnasNetPPO(Searcher):
                 f"mnasnet_ppo needs target=T, the latency target in the unit of {latency_metric!r} (> 0): "
                 "MnasNet's reward ACC x (LAT/T)^w has no device-independent default"
             )
-        self.target = check_float("target", target, low=0.0)
+        self.target = check_float("target", target, low=0.0, low_open=True)
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         for what, metric in (("latency_metric", latency_metric), ("accuracy_metric", accuracy_metric)):
@@ -137,14 +137,13 @@ class MnasNetPPO(Searcher):
         self.latency_metric, self.accuracy_metric = latency_metric, accuracy_metric
         self.batch_size = check_int("batch_size", batch_size)
         self.ppo_epochs = check_int("ppo_epochs", ppo_epochs)
-        self.clip = check_float("clip", clip, low=0.0, high=1.0, high_open=True)
-        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0)
-        self.baseline_decay = check_float("baseline_decay", baseline_decay, low=0.0, high=1.0,
-                                          low_open=False, high_open=True)
-        self.entropy_weight = check_float("entropy_weight", entropy_weight, low=0.0, low_open=False)
+        self.clip = check_float("clip", clip, low=0.0, high=1.0, low_open=True, high_open=True)
+        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0, low_open=True)
+        self.baseline_decay = check_float("baseline_decay", baseline_decay, low=0.0, high=1.0, high_open=True)
+        self.entropy_weight = check_float("entropy_weight", entropy_weight, low=0.0)
         check_int("lstm_size", lstm_size)
         check_int("lstm_layers", lstm_layers)
-        init_range = check_float("init_range", init_range, low=0.0)
+        init_range = check_float("init_range", init_range, low=0.0, low_open=True)
         self._gen = torch_generator(self.rng)
         sizes = [len(opts) for opts in space.decisions().values()]
         self.controller = LSTMController(sizes, hidden_size=lstm_size, num_layers=lstm_layers,

@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_float, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
@@ -178,12 +178,6 @@ class EncoderPredictorDecoder(nn.Module):
         return trade_off * mse + (1.0 - trade_off) * nll
 
 
-def _int_option(name: str, value: object, low: int, error: type[Exception] = ConfigError) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise error(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 @register("method", "nao")
 class NAO(Searcher):
     """Neural Architecture Optimization (see the module docstring for the algorithm).
@@ -221,20 +215,17 @@ class NAO(Searcher):
         mlp_layers: int = 2, mlp_hidden: int = 32, batch_size: int = 100, lr: float = 1e-3,
     ) -> None:
         super().__init__(space, seed=seed)
-        self.num_init = _int_option("num_init", num_init, 1, BudgetError)
-        self.num_new = _int_option("num_new", num_new, 1, BudgetError)
-        self.num_seeds = _int_option("num_seeds", num_seeds, 1, BudgetError)
-        self.epochs = _int_option("epochs", epochs, 1, BudgetError)
-        self.max_step_size = _int_option("max_step_size", max_step_size, 1)
-        self.hidden_size = _int_option("hidden_size", hidden_size, 1)
-        self.mlp_layers = _int_option("mlp_layers", mlp_layers, 0)
-        self.mlp_hidden = _int_option("mlp_hidden", mlp_hidden, 1)
-        self.batch_size = _int_option("batch_size", batch_size, 1)
-        if isinstance(trade_off, bool) or not isinstance(trade_off, (int, float)) or not 0.0 <= trade_off <= 1.0:
-            raise ConfigError(f"trade_off must be a number in [0, 1], got {trade_off!r}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
-        self.trade_off, self.lr = float(trade_off), float(lr)
+        self.num_init = check_int("num_init", num_init)
+        self.num_new = check_int("num_new", num_new)
+        self.num_seeds = check_int("num_seeds", num_seeds)
+        self.epochs = check_int("epochs", epochs)
+        self.max_step_size = check_int("max_step_size", max_step_size, error=ConfigError)
+        self.hidden_size = check_int("hidden_size", hidden_size, error=ConfigError)
+        self.mlp_layers = check_int("mlp_layers", mlp_layers, low=0, error=ConfigError)
+        self.mlp_hidden = check_int("mlp_hidden", mlp_hidden, error=ConfigError)
+        self.batch_size = check_int("batch_size", batch_size, error=ConfigError)
+        self.trade_off = check_probability("trade_off", trade_off)
+        self.lr = check_float("lr", lr, low=0.0, low_open=True)
 
         decisions = self.space.decisions()
         self._names = list(decisions)

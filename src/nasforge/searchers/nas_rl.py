@@ -51,8 +51,9 @@ from typing import Any, ClassVar
 import torch
 
 from nasforge.arch import Arch
+from nasforge.errors import check_float, check_int
 from nasforge.registry import register
-from nasforge.searchers._controller import LSTMController, check_float, check_int, sample_arch
+from nasforge.searchers._controller import LSTMController, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
@@ -90,13 +91,12 @@ class NASRL(Searcher):
     ) -> None:
         super().__init__(space, seed=seed)
         self.batch_size = check_int("batch_size", batch_size)
-        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0)
-        self.baseline_decay = check_float("baseline_decay", baseline_decay, low=0.0, high=1.0,
-                                          low_open=False, high_open=True)
-        self.reward_power = check_float("reward_power", reward_power, low=0.0)
+        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0, low_open=True)
+        self.baseline_decay = check_float("baseline_decay", baseline_decay, low=0.0, high=1.0, high_open=True)
+        self.reward_power = check_float("reward_power", reward_power, low=0.0, low_open=True)
         check_int("lstm_size", lstm_size)
         check_int("lstm_layers", lstm_layers)
-        init_range = check_float("init_range", init_range, low=0.0)
+        init_range = check_float("init_range", init_range, low=0.0, low_open=True)
         self._gen = torch_generator(self.rng)
         sizes = [len(opts) for opts in space.decisions().values()]
         self.controller = LSTMController(sizes, hidden_size=lstm_size, num_layers=lstm_layers,

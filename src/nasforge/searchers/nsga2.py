@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import check_int, check_probability
 from nasforge.pareto import (
     Objectives,
     check_objectives,
@@ -133,12 +133,8 @@ class NSGA2(Searcher):
     ) -> None:
         super().__init__(space, seed=seed)
         self.objectives = check_objectives(objectives)
-        if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 2:
-            raise BudgetError(f"population_size must be an integer >= 2, got {population_size!r}")
-        if not 0.0 <= crossover_prob <= 1.0:
-            raise ConfigError(f"crossover_prob must be in [0, 1], got {crossover_prob!r}")
-        self.population_size = population_size
-        self.crossover_prob = float(crossover_prob)
+        self.population_size = check_int("population_size", population_size, low=2)
+        self.crossover_prob = check_probability("crossover_prob", crossover_prob)
         self.population: list[Member] = []  # parents (empty until the initial population is told)
         self.offspring: list[Member] = []  # told since the last environmental selection
         self.history: list[Member] = []  # every told trial, in order

@@ -68,18 +68,12 @@ import numpy as np
 import torch
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError, ConfigError
+from nasforge.errors import BudgetError, ConfigError, check_float, check_int
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import ComplexityStage, SearchSpace
 
 _SUPPORTED = "nb201, mobilenet (with allow_skip=True)"
-
-
-def _int_option(name: str, value: object, low: int, error: type[Exception] = ConfigError) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise error(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def checked_stages(space: SearchSpace) -> list[ComplexityStage]:
@@ -187,14 +181,12 @@ class PNAS(Searcher):
         epochs: int = 100, lr: float = 0.01, max_candidates: int = 10_000,
     ) -> None:
         super().__init__(space, seed=seed)
-        self.beam_size = _int_option("beam_size", beam_size, 1, BudgetError)
-        self.ensemble_size = _int_option("ensemble_size", ensemble_size, 1)
-        self.hidden = _int_option("hidden", hidden, 1)
-        self.epochs = _int_option("epochs", epochs, 1)
-        self.max_candidates = _int_option("max_candidates", max_candidates, 1, BudgetError)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.beam_size = check_int("beam_size", beam_size)
+        self.ensemble_size = check_int("ensemble_size", ensemble_size, error=ConfigError)
+        self.hidden = check_int("hidden", hidden, error=ConfigError)
+        self.epochs = check_int("epochs", epochs, error=ConfigError)
+        self.max_candidates = check_int("max_candidates", max_candidates)
+        self.lr = check_float("lr", lr, low=0.0, low_open=True)
         self.stages = checked_stages(space)
 
         decisions = space.decisions()
@@ -225,10 +217,12 @@ class PNAS(Searcher):
 
     # ---- encodings ----------------------------------------------------------------------
     def sequence(self, arch: Arch) -> tuple[int, ...]:
-        return tuple(self._options[i].index(arch[d]) for i, d in enumerate(self._names))
+        """Option indices of ``arch``, an Arch of the space (not validated; see ``fit_surrogate``)."""
+        return self.space.indices_of(arch)
 
     def arch_of(self, seq: Sequence[int]) -> Arch:
-        return Arch(self.space.name, tuple((d, self._options[i][int(k)]) for i, (d, k) in enumerate(zip(self._names, seq))))
+        """The (unvalidated) Arch of an option-index row; callers test it with ``is_valid``."""
+        return self.space.arch_from_indices(seq)
 
     def features(self, seqs: np.ndarray) -> torch.Tensor:
         """One-hot rows (the layout of ``space.encode_onehot``) of option-index sequences."""
@@ -274,7 +268,7 @@ class PNAS(Searcher):
         y = np.array([f if math.isfinite(f) else worst for _, f in self.history], dtype=np.float64)
         std = y.std()
         y = (y - y.mean()) / (std if std > 0 else 1.0)
-        x = self.features(np.array([self.sequence(a) for a, _ in self.history], dtype=np.int64))
+        x = self.features(np.array([self.space.encode_sequence(a) for a, _ in self.history], dtype=np.int64))  # validated
         model = MLPEnsemble(self._width, self.hidden, self.ensemble_size, self.generator)
         model.fit(x, torch.tensor(y, dtype=torch.float32), self.epochs, self.lr)
         self.fits += 1

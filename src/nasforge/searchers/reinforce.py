@@ -48,8 +48,9 @@ from typing import Any, ClassVar
 import torch
 
 from nasforge.arch import Arch
+from nasforge.errors import check_float
 from nasforge.registry import register
-from nasforge.searchers._controller import check_float, log_softmax, sample_arch
+from nasforge.searchers._controller import log_softmax, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
@@ -78,9 +79,8 @@ class Reinforce(Searcher):
     def __init__(self, space: SearchSpace, *, seed: int = 0, learning_rate: float = 0.01,
                  ema_momentum: float = 0.9) -> None:
         super().__init__(space, seed=seed)
-        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0)
-        self.ema_momentum = check_float("ema_momentum", ema_momentum, low=0.0, high=1.0,
-                                        low_open=False, high_open=True)
+        self.learning_rate = check_float("learning_rate", learning_rate, low=0.0, low_open=True)
+        self.ema_momentum = check_float("ema_momentum", ema_momentum, low=0.0, high=1.0, high_open=True)
         self._gen = torch_generator(self.rng)
         sizes = [len(opts) for opts in space.decisions().values()]
         width = max(sizes)

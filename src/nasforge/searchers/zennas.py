@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from nasforge.arch import Arch
-from nasforge.errors import BudgetError
+from nasforge.errors import BudgetError, check_int
 from nasforge.registry import register
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
@@ -79,8 +79,7 @@ class ZenNASEvolution(Searcher):
         if init_size is None:
             init_size = min(11, population_size) if isinstance(population_size, int) else 11
         for what, v in (("population_size", population_size), ("init_size", init_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise BudgetError(f"{what} must be a positive integer, got {v!r}")
+            check_int(what, v)
         if init_size > population_size:
             raise BudgetError(f"init_size must be <= population_size={population_size}, got {init_size}")
         self.population_size = population_size

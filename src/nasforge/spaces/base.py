@@ -12,6 +12,7 @@ or ``space.sample(rng)``; ``net = space.build(arch, num_classes=..., in_channels
 from __future__ import annotations
 
 import abc
+import functools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,38 @@ class SearchSpace(abc.ABC):
                 raise ArchError(f"index {i} out of range for decision {d!r} (0..{len(opts) - 1})")
             mapping[d] = opts[int(i)]
         return self.make(mapping)
+
+    # ---- unchecked fast path (searchers' inner loops) -----------------------------------
+    @functools.cached_property
+    def _option_table(self) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...], tuple[dict[str, int], ...]]:
+        """(decision names, their options, option -> index per decision), built once per space
+        (a space's decisions are fixed once it is constructed)."""
+        decisions = self.decisions()
+        names = tuple(decisions)
+        options = tuple(decisions[d] for d in names)
+        return names, options, tuple({o: i for i, o in enumerate(opts)} for opts in options)
+
+    def arch_from_indices(self, seq: Sequence[int]) -> Arch:
+        """The Arch whose option indices (canonical decision order) are ``seq``, WITHOUT validation.
+
+        The unchecked, fast counterpart of :meth:`decode_sequence` for searchers that build many
+        candidates and test them with :meth:`is_valid` (or that only build known-valid ones): the
+        result may be an Arch that ``check`` refuses. ``seq`` must have one in-range index per
+        decision; a short ``seq`` gives a short (invalid) Arch and a too-large index IndexError.
+        """
+        names, options, _ = self._option_table
+        return Arch(self.name, tuple((d, opts[i]) for d, opts, i in zip(names, options, seq)))
+
+    def indices_of(self, arch: Arch) -> tuple[int, ...]:
+        """Option index of each decision of ``arch`` (canonical order), WITHOUT validation.
+
+        The unchecked, fast counterpart of :meth:`encode_sequence`, for Archs known to belong to
+        the space (e.g. built by :meth:`arch_from_indices`, or validated already): it reads
+        ``arch.choices`` in order and does not check the decisions' names, order or ``check``.
+        An option that is not one of its decision's raises KeyError.
+        """
+        _, _, index = self._option_table
+        return tuple(idx[o] for idx, (_, o) in zip(index, arch.choices))
 
     def encode_onehot(self, arch: Arch) -> list[float]:
         """Concatenated one-hot vectors, one block per decision (length = sum of option counts)."""
