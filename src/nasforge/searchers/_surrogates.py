@@ -169,3 +169,13 @@ def fit_gp(x: np.ndarray, y: np.ndarray, *, random_state: int, restarts: int = 0
         warnings.simplefilter("ignore", ConvergenceWarning)
         gp.fit(x, y)
     return gp
+
+
+def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float) -> np.ndarray:
+    """``E[max(f - best, 0)]`` for ``f ~ N(mean, std)``; where ``std`` is 0, ``max(mean - best, 0)``."""
+    from scipy.stats import norm  # imported here: scipy.stats is slow to import and rarely needed
+
+    gain = mean - best
+    safe = np.where(std > 0, std, 1.0)
+    z = gain / safe
+    return np.where(std > 0, safe * (z * norm.cdf(z) + norm.pdf(z)), np.maximum(gain, 0.0))

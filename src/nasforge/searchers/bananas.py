@@ -76,13 +76,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.stats import norm
 
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, check_float, check_int
 from nasforge.registry import register
 from nasforge.searchers._encodings import check_encoding, encode
-from nasforge.searchers._surrogates import MLPEnsemble, single_threaded_blas
+from nasforge.searchers._surrogates import MLPEnsemble, expected_improvement, single_threaded_blas
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
 
@@ -107,11 +106,7 @@ def acquisition_scores(
     if kind == "its":
         return np.asarray(rng.normal(mean, std), dtype=np.float64)
     if kind == "ei":
-        gain = mean - best
-        safe = np.where(std > 0, std, 1.0)
-        z = gain / safe
-        ei = safe * (z * norm.cdf(z) + norm.pdf(z))
-        return np.where(std > 0, ei, np.maximum(gain, 0.0))
+        return expected_improvement(mean, std, best)
     if kind == "ucb":
         return np.asarray(mean + UCB_EXPLORE * std, dtype=np.float64)
     raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {kind!r}")

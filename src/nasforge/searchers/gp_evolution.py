@@ -74,13 +74,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.stats import norm
 
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, check_float, check_int, check_probability
 from nasforge.registry import register
 from nasforge.searchers._encodings import check_encoding, encode
-from nasforge.searchers._surrogates import fit_gp, single_threaded_blas
+from nasforge.searchers._surrogates import expected_improvement, fit_gp, single_threaded_blas
 from nasforge.searchers.bananas import sample_unseen
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
@@ -198,9 +197,7 @@ class GPEvolution(Searcher):
             elif self.acquisition == "ucb":
                 s = mean + UCB_BETA * std
             else:
-                safe = np.where(std > 0, std, 1.0)
-                z = (mean - best) / safe
-                s = np.where(std > 0, safe * (z * norm.cdf(z) + norm.pdf(z)), np.maximum(mean - best, 0.0))
+                s = expected_improvement(mean, std, best)
             feasible = np.ones(len(archs), dtype=bool)
             if self.cost_limit is not None:
                 # measured cost when told, else the cost GP's prediction; unknown (no cost told yet): feasible
