@@ -280,3 +280,26 @@ def test_rng_state_round_trip(tmp_path: Path) -> None:
     assert (random.random(), np.random.randn(), float(torch.rand(1))) == first
     with pytest.raises(CheckpointError, match="RNG"):
         set_rng_state({"python": {}})
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_delivered_after_the_file_is_complete(tmp_path, monkeypatch):
+    """SIGINT inside torch.save used to surface as the zip writer's RuntimeError; it now waits
+    until the checkpoint is renamed into place and then raises KeyboardInterrupt."""
+    import os
+    import signal
+
+    import torch
+
+    from nasforge.train.checkpoint import load_checkpoint, save_checkpoint
+
+    real_save = torch.save
+
+    def save_with_interrupt(obj, f):  # the signal arrives in the middle of the write
+        os.kill(os.getpid(), signal.SIGINT)
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_with_interrupt)
+    path = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"w": torch.arange(10000.0), "meta": {"step": 3}})
+    assert load_checkpoint(path)["meta"]["step"] == 3

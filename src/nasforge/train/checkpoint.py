@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -82,9 +84,38 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
         ``path`` as a :class:`~pathlib.Path`.
     """
     target = Path(path)
-    with atomic_write(target) as f:
+    with _interrupts_deferred(), atomic_write(target) as f:
         torch.save(dict(state), f)
     return target
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM back while a checkpoint is written, deliver them after.
+
+    A KeyboardInterrupt raised inside ``torch.save``'s zip writer surfaces as a RuntimeError
+    from the writer's clean-up ("unexpected pos ..."), so Ctrl-C at that moment ended the run
+    with an unrelated error instead of the resumable interrupt (the file itself was safe: the
+    write goes to a temporary file). The handlers are swapped for ones that only record the
+    signal (a signal mask would not do: torch's threads may take the signal); afterwards the
+    original handlers are back and each recorded signal is raised again. Only the main thread
+    can set handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not None:  # None: a handler set outside Python, which cannot be restored
+            previous[sig] = signal.signal(sig, lambda s, _frame: pending.append(s))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in pending:
+            signal.raise_signal(signum)  # the original handler runs now: KeyboardInterrupt, or exit
 
 
 def load_checkpoint(
