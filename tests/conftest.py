@@ -28,3 +28,16 @@ def splits() -> tuple[Any, Any]:
 
     data = load_data("digits", None)
     return split_train_valid(data.train, 0.5, seed=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the test, as the strategy benchmark runs searchers: the small
+    LSTMs and MLPs of model-based searchers are fastest on one thread, and on a busy machine
+    their multi-threaded kernels would wait for a second core. The old count is restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

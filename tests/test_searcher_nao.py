@@ -19,13 +19,7 @@ from nasforge.searchers.nao import NAO
 SMALL = {"hidden_size": 16, "mlp_hidden": 16, "epochs": 5, "max_step_size": 10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small LSTMs run fastest on one thread (and no slower when other jobs share the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _score(arch) -> float:

@@ -15,16 +15,7 @@ from nasforge.searchers.nas_rl import NASRL
 
 from _toy import ToySpace
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread, as the benchmark harness runs searchers: on a busy machine the LSTM's
-    GEMMs and Adam's kernels, which go multi-threaded above a few thousand elements, would
-    otherwise wait for their second thread to be scheduled."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

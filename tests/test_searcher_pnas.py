@@ -22,12 +22,7 @@ SMALL = {"hidden": 16, "epochs": 30}
 NONE3 = "|none~0|none~1|skip_connect~2|"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class StagedToy(ToySpace):
