@@ -69,9 +69,7 @@ Deviations from the paper / reference:
 
 from __future__ import annotations
 
-import itertools
 import math
-import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -80,15 +78,14 @@ import numpy as np
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, check_float, check_int
 from nasforge.registry import register
-from nasforge.searchers._encodings import check_encoding, encode
+from nasforge.searchers._batches import BatchProposer, EncodingCache, sample_unseen
+from nasforge.searchers._encodings import check_encoding
 from nasforge.searchers._surrogates import MLPEnsemble, expected_improvement, single_threaded_blas
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
 
 ACQUISITIONS: tuple[str, ...] = ("its", "ei", "ucb")
 UCB_EXPLORE = 0.5  # the reference's explore_factor
-_SAMPLE_TRIES = 1000
-_ENUMERATE_LIMIT = 200_000
 
 
 def acquisition_scores(
@@ -110,27 +107,6 @@ def acquisition_scores(
     if kind == "ucb":
         return np.asarray(mean + UCB_EXPLORE * std, dtype=np.float64)
     raise ConfigError(f"acquisition must be one of {', '.join(ACQUISITIONS)}, got {kind!r}")
-
-
-def sample_unseen(space: SearchSpace, rng: random.Random, seen: set[Arch]) -> Arch:
-    """A uniform sample never seen before: rejection sampling, then (for spaces of at most
-    200,000 combinations) a uniform pick among the unseen valid ones; :class:`BudgetError` when
-    every architecture has been seen."""
-    for _ in range(_SAMPLE_TRIES):
-        arch = space.sample(rng)
-        if arch not in seen:
-            return arch
-    if space.size() <= _ENUMERATE_LIMIT:
-        decisions = space.decisions()
-        left = []
-        for combo in itertools.product(*decisions.values()):
-            arch = Arch(space.name, tuple(zip(decisions, combo)))
-            if arch not in seen and space.is_valid(arch):
-                left.append(arch)
-        if left:
-            return left[rng.randrange(len(left))]
-        raise BudgetError(f"every architecture of {space.name} ({len(seen)}) has been proposed")
-    raise BudgetError(f"no architecture of {space.name} that was not proposed before in {_SAMPLE_TRIES} samples")
 
 
 @register("method", "bananas")
@@ -173,11 +149,11 @@ class Bananas(Searcher):
         self.acquisition = acquisition
         check_encoding(encoding)
         self.encoding = encoding
-        self.proposed: set[Arch] = set()  # every architecture asked (or told), never proposed again
+        self.batches = BatchProposer(space, self.rng, self.num_init)
+        self.proposed = self.batches.proposed  # every architecture asked (or told), never proposed again
         self.history: list[tuple[Arch, float]] = []  # told trials, in order
-        self.queue: list[Arch] = []  # this iteration's remaining proposals
         self.fits = 0  # ensemble trainings so far (one per iteration)
-        self._codes: dict[Arch, np.ndarray] = {}
+        self._code = EncodingCache(space, encoding)
 
     @classmethod
     def options(cls) -> dict[str, Any]:
@@ -190,26 +166,18 @@ class Bananas(Searcher):
 
     # ---- ask / tell -----------------------------------------------------------------------
     def ask(self) -> Arch:
-        self.queue = [a for a in self.queue if a not in self.proposed]  # told meanwhile by other means
-        if not self.queue:
-            if len(self.proposed) < self.num_init:
-                self.queue = [sample_unseen(self.space, self.rng, self.proposed)]
-            else:
-                self.queue = self._next_batch()
-        arch = self.queue.pop(0)
-        self.proposed.add(arch)
-        return arch
+        return self.batches.ask(self._next_batch)
+
+    @property
+    def queue(self) -> list[Arch]:
+        """This iteration's remaining proposals."""
+        return self.batches.queue
 
     def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
-        self.proposed.add(arch)
+        self.batches.told(arch)
         self.history.append((arch, float(fitness)))
 
     # ---- one iteration -------------------------------------------------------------------
-    def _code(self, arch: Arch) -> np.ndarray:
-        if arch not in self._codes:
-            self._codes[arch] = encode(self.space, arch, self.encoding)
-        return self._codes[arch]
-
     def training_set(self) -> list[tuple[Arch, float]]:
         """The told trials the predictor learns from: those with a finite fitness."""
         return [(a, f) for a, f in self.history if math.isfinite(f)]
@@ -239,6 +207,7 @@ class Bananas(Searcher):
         return pool
 
     def _next_batch(self) -> list[Arch]:
+        self._code.keep_only({a for a, _ in self.history})  # the last iteration's candidates go
         data = self.training_set()
         if not data:  # nothing to learn from yet (every trial failed)
             return [sample_unseen(self.space, self.rng, self.proposed)]

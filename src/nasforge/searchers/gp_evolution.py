@@ -78,9 +78,9 @@ import numpy as np
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, check_float, check_int, check_probability
 from nasforge.registry import register
-from nasforge.searchers._encodings import check_encoding, encode
+from nasforge.searchers._batches import BatchProposer, EncodingCache, sample_unseen
+from nasforge.searchers._encodings import check_encoding
 from nasforge.searchers._surrogates import expected_improvement, fit_gp, single_threaded_blas
-from nasforge.searchers.bananas import sample_unseen
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
 
@@ -124,12 +124,12 @@ class GPEvolution(Searcher):
         self.cost_limit = None if cost_limit is None else check_float("cost_limit", cost_limit, low=0.0, low_open=True)
         check_encoding(encoding)
         self.encoding = encoding
-        self.proposed: set[Arch] = set()
+        self.batches = BatchProposer(space, self.rng, self.num_init)
+        self.proposed = self.batches.proposed  # every architecture asked (or told), never proposed again
         self.history: list[tuple[Arch, float]] = []  # told (arch, fitness), in order
         self.costs: dict[Arch, float] = {}  # told measured costs
-        self.queue: list[Arch] = []
         self.fits = 0  # predictor fits so far (one per iteration)
-        self._codes: dict[Arch, np.ndarray] = {}
+        self._code = EncodingCache(space, encoding)
 
     @classmethod
     def options(cls) -> dict[str, Any]:
@@ -145,18 +145,15 @@ class GPEvolution(Searcher):
 
     # ---- ask / tell -----------------------------------------------------------------------
     def ask(self) -> Arch:
-        self.queue = [a for a in self.queue if a not in self.proposed]
-        if not self.queue:
-            if len(self.proposed) < self.num_init:
-                self.queue = [sample_unseen(self.space, self.rng, self.proposed)]
-            else:
-                self.queue = self._next_batch()
-        arch = self.queue.pop(0)
-        self.proposed.add(arch)
-        return arch
+        return self.batches.ask(self._next_batch)
+
+    @property
+    def queue(self) -> list[Arch]:
+        """This iteration's remaining proposals."""
+        return self.batches.queue
 
     def tell(self, arch: Arch, fitness: float, metrics: Mapping[str, float] | None = None) -> None:
-        self.proposed.add(arch)
+        self.batches.told(arch)
         self.history.append((arch, float(fitness)))
         if self.cost_limit is not None and metrics is not None and self.cost_metric in metrics:
             cost = float(metrics[self.cost_metric])
@@ -164,11 +161,6 @@ class GPEvolution(Searcher):
                 self.costs[arch] = cost
 
     # ---- predictors ----------------------------------------------------------------------
-    def _code(self, arch: Arch) -> np.ndarray:
-        if arch not in self._codes:
-            self._codes[arch] = encode(self.space, arch, self.encoding)
-        return self._codes[arch]
-
     def _encode(self, archs: list[Arch]) -> np.ndarray:
         return np.stack([self._code(a) for a in archs])
 
@@ -261,6 +253,7 @@ class GPEvolution(Searcher):
         return self._rank(list(scored), scored), scored
 
     def _next_batch(self) -> list[Arch]:
+        self._code.keep_only({a for a, _ in self.history})  # the last iteration's candidates go
         data = self.training_set()
         if len(data) < 2:  # a GP needs data to rank anything: sample
             return [sample_unseen(self.space, self.rng, self.proposed)]
