@@ -160,6 +160,23 @@ def first_front(values: Any) -> list[int]:
     return _first_front(v).tolist() if v.shape[0] else []
 
 
+def front_of_told(
+    told: Sequence[tuple[Any, Sequence[float], Mapping[str, float]]], n_objectives: int,
+) -> list[tuple[Any, dict[str, float]]]:
+    """The Pareto-optimal ``(key, metrics)`` among ``(key, oriented values, metrics)`` records
+    (failed ones already left out), each key once, in record order: what a multi-objective
+    searcher reports as its front."""
+    values = np.array([v for _, v, _ in told], dtype=float).reshape(len(told), n_objectives)
+    out: list[tuple[Any, dict[str, float]]] = []
+    seen: set[Any] = set()
+    for i in first_front(values):
+        key, _, metrics = told[i]
+        if key not in seen:
+            seen.add(key)
+            out.append((key, dict(metrics)))
+    return out
+
+
 def non_dominated_sort(values: Any) -> list[list[int]]:
     """Fronts of Deb's fast non-dominated sort: lists of point indices (ascending), best front first.
 

@@ -57,7 +57,7 @@ from nasforge.pareto import (
     Objectives,
     check_objectives,
     crowding_distance,
-    first_front,
+    front_of_told,
     non_dominated_sort,
     objective_vector,
 )
@@ -173,15 +173,8 @@ class NSGA2(Searcher):
     def front(self) -> list[tuple[Arch, dict[str, float]]]:
         """The Pareto-optimal trials among all told (failed ones excluded), each architecture once,
         in order of tell, as ``(arch, metrics)``."""
-        told = [m for m in self.history if not m.failed]
-        values = np.array([m.values for m in told], dtype=float).reshape(len(told), len(self.objectives))
-        out: list[tuple[Arch, dict[str, float]]] = []
-        seen: set[Arch] = set()
-        for i in first_front(values):
-            if told[i].arch not in seen:
-                seen.add(told[i].arch)
-                out.append((told[i].arch, dict(told[i].metrics)))
-        return out
+        told = [(m.arch, m.values, m.metrics) for m in self.history if not m.failed]
+        return front_of_told(told, len(self.objectives))
 
     # ---- variation -------------------------------------------------------------------------------
     def _fresh(self, draw: Callable[[], Arch], fallback: Callable[[], Arch] | None = None) -> Arch:

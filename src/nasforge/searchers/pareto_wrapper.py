@@ -40,7 +40,7 @@ from nasforge.pareto import (
     Objectives,
     check_objectives,
     crowding_distance,
-    first_front,
+    front_of_told,
     objective_vector,
     pareto_ranks,
 )
@@ -111,16 +111,8 @@ class ParetoWrapper(Searcher):
     def front(self) -> list[tuple[Arch, dict[str, float]]]:
         """The Pareto-optimal trials told so far (failed ones excluded), each architecture once,
         in order of tell, as ``(arch, metrics)``."""
-        keep = [i for i, f in enumerate(self.failed) if not f]
-        values = np.array([self.values[i] for i in keep], dtype=float).reshape(len(keep), len(self.objectives))
-        out: list[tuple[Arch, dict[str, float]]] = []
-        seen: set[Arch] = set()
-        for k in first_front(values):
-            i = keep[k]
-            if self.archs[i] not in seen:
-                seen.add(self.archs[i])
-                out.append((self.archs[i], dict(self.metrics[i])))
-        return out
+        told = [(self.archs[i], self.values[i], self.metrics[i]) for i, f in enumerate(self.failed) if not f]
+        return front_of_told(told, len(self.objectives))
 
     @classmethod
     def options(cls) -> dict[str, Any]:
