@@ -178,3 +178,30 @@ def test_objective_vector_orients_and_fails_loudly():
     assert objective_vector(None, objs, failed=True) == (-INF, -INF)
     with pytest.raises(ConfigError, match="params"):
         objective_vector({"val_acc": 90.0}, objs)
+
+
+def test_pareto_wrapper_front_is_the_brute_force_front_of_what_it_was_told():
+    import math
+
+    from nasforge import get_space
+    from nasforge.searchers.evolution import RegularizedEvolution
+    from nasforge.searchers.pareto_wrapper import ParetoWrapper
+
+    space = get_space("nb201")
+    w = ParetoWrapper(RegularizedEvolution(space, seed=0), (("val_acc", 1), ("params", -1)))
+    told = []
+    for i in range(40):
+        a = w.ask()
+        m = {"val_acc": float((i * 37) % 23), "params": float((i * 11) % 17)}
+        w.tell(a, -math.inf if i % 9 == 8 else m["val_acc"], m)
+        if i % 9 != 8:
+            told.append((a, m))
+    front = w.front()
+    def dominated(m):
+        return any(o["val_acc"] >= m["val_acc"] and o["params"] <= m["params"]
+                   and (o["val_acc"] > m["val_acc"] or o["params"] < m["params"]) for _, o in told)
+    expected = []
+    for a, m in told:
+        if not dominated(m) and a not in [x for x, _ in expected]:
+            expected.append((a, m))
+    assert front == expected
