@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from nasforge.arch import Arch
-from nasforge.errors import ArchError, ConfigError
+from nasforge.errors import ArchError, ConfigError, check_float, check_int
 from nasforge.spaces.base import SearchSpace
 
 MAX_REJECTIONS = 10_000  # as SearchSpace.sample
@@ -60,6 +60,15 @@ class LSTMController(nn.Module):
         init_range: parameters start uniform in ``[-init_range, init_range]``.
         generator: the seeded generator for the initialisation.
     """
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, *, lstm_size: int, lstm_layers: int, init_range: float,
+                  generator: torch.Generator) -> LSTMController:
+        """A controller with one softmax per decision of ``space`` (canonical order), its options
+        checked (typed errors naming the option and the bad value)."""
+        sizes = [len(opts) for opts in space.decisions().values()]
+        return cls(sizes, hidden_size=check_int("lstm_size", lstm_size), num_layers=check_int("lstm_layers", lstm_layers),
+                   init_range=check_float("init_range", init_range, low=0.0, low_open=True), generator=generator)
 
     def __init__(self, sizes: Sequence[int], *, hidden_size: int, num_layers: int, init_range: float,
                  generator: torch.Generator) -> None:

@@ -141,13 +141,9 @@ class MnasNetPPO(Searcher):
         self.learning_rate = check_float("learning_rate", learning_rate, low=0.0, low_open=True)
         self.baseline_decay = check_float("baseline_decay", baseline_decay, low=0.0, high=1.0, high_open=True)
         self.entropy_weight = check_float("entropy_weight", entropy_weight, low=0.0)
-        check_int("lstm_size", lstm_size)
-        check_int("lstm_layers", lstm_layers)
-        init_range = check_float("init_range", init_range, low=0.0, low_open=True)
         self._gen = torch_generator(self.rng)
-        sizes = [len(opts) for opts in space.decisions().values()]
-        self.controller = LSTMController(sizes, hidden_size=lstm_size, num_layers=lstm_layers,
-                                         init_range=init_range, generator=self._gen)
+        self.controller = LSTMController.for_space(space, lstm_size=lstm_size, lstm_layers=lstm_layers,
+                                                   init_range=init_range, generator=self._gen)
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=self.learning_rate)
         self.baseline: float | None = None
         self.updates = 0
