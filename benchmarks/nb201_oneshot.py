@@ -10,6 +10,13 @@ training). The default budget is a documented CPU reduction of the paper's (C=16
 epochs on 25k/25k): width ``--C``, cells per stage ``--N``, ``--train-subset`` images,
 ``--epochs`` epochs. Every run is resumable (rerun the same command); results go to
 ``--out/<method>/seed<k>/results.json`` and the summary table to ``--out/summary.md``.
+
+``--paper-budget`` runs the NB201 paper's protocol instead (for a GPU: add ``--device cuda``):
+C=16, N=5, the whole 25k/25k split, and each method's own epochs and batch size (its defaults,
+which follow its paper or reference, or the NB201 settings in ``PAPER_OPTIONS``). The output
+format is the same. Variants: ``darts2`` (second order), ``gdas_ref`` (xautodl's gradient form),
+``snas_t150`` (the reference's 150-epoch temperature schedule), ``snas_ref`` (that and the
+reference README's log resource penalty, reparametrised, eta 1.5e-3).
 """
 
 from __future__ import annotations
@@ -39,10 +46,35 @@ PROTOCOL_OPTIONS: dict[str, dict[str, object]] = {
              "controller_grad_clip": 5.0, "lstm_size": 32, "lstm_layers": 2, "temperature": 5.0, "tanh_constant": 2.5,
              "op_tanh_reduce": 1.0},  # xautodl NB201 ENAS settings (nasforge.methods.enas.NB201_PROTOCOL)
     "rsps": {"weight_decay": 5e-4, "nesterov": True, "grad_clip": 5.0, "num_samples": 100, "screen_batches": 1,
-             "top_k": 0},  # xautodl RANDOM-NAS on NB201
+             "top_k": 0, "eval_batch_size": 512},  # xautodl RANDOM-NAS on NB201 (RANDOM.config test_batch_size 512)
     "one_shot": {"num_samples": 100, "eval_batches": 1},
     "smash": {"num_samples": 100, "eval_batches": 1, "eval_batch_size": 64},
+    "snas_t150": {"tau_epochs": 150},  # the reference's Temp_Scheduler length, whatever the epochs
+    "snas_ref": {"tau_epochs": 150, "resource_weight": 1.5e-3, "resource_form": "log",
+                 "resource_estimator": "reparametrization"},  # SNAS README CIFAR-10 command (one resource)
 }
+#: Variant name -> registered method.
+VARIANTS = {"darts2": "darts", "gdas_ref": "gdas", "snas_t150": "snas", "snas_ref": "snas"}
+
+#: ``--paper-budget`` options: the NB201 paper's settings where the method has them (epochs and
+#: batch size from the method's defaults otherwise, which follow its own paper or reference).
+PAPER_OPTIONS: dict[str, dict[str, object]] = {
+    "darts": {"weight_decay": 5e-4, "nesterov": True},  # xautodl DARTS.config: 50 epochs, batch 64
+    "darts2": {"order": 2, "weight_decay": 5e-4, "nesterov": True},
+    "gdas_ref": {"reference_gradient": True},  # gdas defaults: GDAS.config, 250 epochs, batch 64
+    "rsps": {**PROTOCOL_OPTIONS["rsps"], "epochs": 250},  # xautodl RANDOM.config
+    "snas_t150": PROTOCOL_OPTIONS["snas_t150"],
+    "snas_ref": PROTOCOL_OPTIONS["snas_ref"],
+}
+
+
+def paper_options(method: str) -> dict[str, object]:
+    """The options of ``method`` under ``--paper-budget``."""
+    if method == "enas":
+        from nasforge.methods.enas import NB201_PROTOCOL
+
+        return dict(NB201_PROTOCOL)  # xautodl's NB201 ENAS settings
+    return dict(PAPER_OPTIONS.get(method, {}))
 
 
 def method_options(method: str, epochs: int, batch_size: int, C: int = 8, N: int = 1) -> dict[str, object]:
@@ -79,8 +111,13 @@ def main() -> int:
     ap.add_argument("--train-subset", type=int, default=5000, help="images of the 25k/25k split used (half each side)")
     ap.add_argument("--max-batches-per-epoch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ap.add_argument("--paper-budget", action="store_true",
+                    help="C=16, N=5, the whole 25k/25k split, each method's paper epochs and batch (ignores --C/--N/--epochs/--batch-size/--train-subset)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    if args.paper_budget:
+        args.C, args.N, args.train_subset, args.epochs, args.batch_size = 16, 5, None, None, None
 
     import torch
 
@@ -98,7 +135,7 @@ def main() -> int:
     from nasforge.experiment import SearchConfig, run_search
 
     for method in methods:
-        name = {"darts2": "darts", "gdas_ref": "gdas"}.get(method, method)
+        name = VARIANTS.get(method, method)
         if name not in registry.names("method"):
             print(f"skipping {method}: not a registered method")
             continue
@@ -111,8 +148,9 @@ def main() -> int:
                 train_subset=args.train_subset, seed=seed, table=str(table), final_train=False, out=str(run_dir),
                 supernet_kwargs={**({} if name == "p_darts" else {"C": args.C, "N": args.N}),
                                  "affine": False, "track_running_stats": False},
-                method_kwargs=method_options(method, args.epochs, args.batch_size, args.C, args.N),
-                max_batches_per_epoch=args.max_batches_per_epoch,
+                method_kwargs=(paper_options(method) if args.paper_budget
+                               else method_options(method, args.epochs, args.batch_size, args.C, args.N)),
+                max_batches_per_epoch=args.max_batches_per_epoch, device=args.device,
             )
             t0 = time.perf_counter()
             run_search(cfg, progress=False, log=lambda s, m=method, k=seed: print(f"[{m} seed {k}] {s}", flush=True))
@@ -122,9 +160,11 @@ def main() -> int:
 
 
 def report(out: Path, methods: list[str], seeds: list[int], args: argparse.Namespace) -> str:
+    data = "the whole 25k/25k split" if args.train_subset is None else f"{args.train_subset} images of the 25k/25k split"
+    budget = ("each method's paper epochs and batch size" if args.epochs is None
+              else f"{args.epochs} epochs, batch {args.batch_size}")
     lines = [
-        f"Budget: C={args.C}, N={args.N}, {args.train_subset} images of the 25k/25k split, {args.epochs} epochs, "
-        f"batch {args.batch_size}; seeds {seeds}.",
+        f"Budget: C={args.C}, N={args.N}, {data}, {budget}; seeds {seeds}; device {args.device}.",
         "",
         "| method | runs | C10 test acc of the derived cell (NB201 table), mean ± sd | parameter-free edges (of 6), mean "
         "| most frequent cell | search time per run |",

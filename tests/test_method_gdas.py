@@ -243,7 +243,7 @@ def test_bad_config_is_a_config_error(splits: tuple[Any, Any], options: dict[str
 
 def test_config_defaults_follow_the_nb201_reference_run() -> None:
     cfg = GdasConfig()
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_min, cfg.momentum, cfg.nesterov) == (240, 64, 0.025, 0.001, 0.9, True)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_min, cfg.momentum, cfg.nesterov) == (250, 64, 0.025, 0.001, 0.9, True)
     assert (cfg.weight_decay, cfg.grad_clip, cfg.tau_max, cfg.tau_min) == (5e-4, 5.0, 10.0, 0.1)
     assert (cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay) == (3e-4, (0.5, 0.999), 1e-3)
     with pytest.raises(AttributeError):

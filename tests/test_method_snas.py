@@ -248,3 +248,40 @@ def test_config_defaults_follow_the_reference() -> None:
     assert cfg.resource_weight == 0.0
     with pytest.raises(AttributeError):
         cfg.tau0 = 2.0  # type: ignore[misc]  # frozen
+
+
+def test_tau_epochs_is_the_reference_schedule_length() -> None:
+    """The reference's Temp_Scheduler fixes E = 150: a 10-epoch run ends at tau 0.935, not 0.03."""
+    short = SnasConfig(epochs=10, tau_epochs=150)
+    assert [snas_tau(e, short) for e in (0, 9)] == pytest.approx([0.03 + 0.97 * (1 - 1 / 150), 0.03 + 0.97 * (1 - 10 / 150)])
+    assert snas_tau(9, SnasConfig(epochs=10)) == pytest.approx(0.03)  # default: E = epochs
+    with pytest.raises(ConfigError, match="tau_epochs"):
+        SnasConfig(tau_epochs=0)
+    with pytest.raises(ConfigError, match="resource_form"):
+        SnasConfig(resource_form="sqrt")
+
+
+@pytest.mark.parametrize("estimator", ["reparametrization", "discrete", "policy_gradient"])
+def test_log_resource_penalty_matches_the_reference_form(estimator: str) -> None:
+    """``resource_form="log"``: per edge log(max(raw cost, 1)) (reference --log_penalty); its gradient
+    lowers the logits of the costly candidates, and a sample on cost-free ops contributes log 1 = 0."""
+    from nasforge.methods.snas import resource_terms
+    from nasforge.policies import GumbelPolicy
+
+    torch.manual_seed(0)
+    policy = GumbelPolicy({"e": ("none", "skip", "conv")}, tau=1.0)
+    costs = {"e": torch.tensor([0.0, 0.0, 2e-3])}  # 2,000 parameters, in millions
+    z = torch.tensor([0.2, 0.3, 0.5], requires_grad=True)
+    penalty, value = resource_terms(policy, {"e": z}, costs, estimator, "log")
+    assert value == pytest.approx(1e-3)
+    if estimator == "reparametrization":
+        assert float(penalty) == pytest.approx(math.log(1000.0))
+        (g,) = torch.autograd.grad(penalty, z)
+        assert g.tolist() == pytest.approx([0.0, 0.0, 2000.0 / 1000.0])  # d log(z . c) / dz = c / (z . c)
+    elif estimator == "discrete":
+        (g,) = torch.autograd.grad(penalty, list(policy.parameters()))
+        assert float(g[2]) > 0 > float(g[0])  # descent lowers the costly candidate's logit
+    else:
+        z0 = torch.tensor([0.9996, 0.0002, 0.0002])  # 0.4 parameters: clamped to 1, log 1 = 0
+        zero, _ = resource_terms(policy, {"e": z0}, costs, estimator, "log")
+        assert float(zero) == 0.0

@@ -29,8 +29,8 @@ Defaults are the reference's CIFAR-10 / DARTS-space run (``run_experiment.sh``: 
 batch 64, gradient clip 1; ``darts_wrapper_discrete.py``: SGD lr 0.025 cosine to 0.001,
 momentum 0.9, weight decay 3e-4; its 16 or 24 initial channels and 8 layers are supernet
 options of the context). The NAS-Bench-201 protocol (xautodl) is ``epochs=250,
-weight_decay=5e-4, nesterov=True, grad_clip=5.0, num_samples=100, screen_batches=1, top_k=0``
-(100 samples, one validation batch each, single stage; NB201 builds the supernet with
+weight_decay=5e-4, nesterov=True, grad_clip=5.0, num_samples=100, screen_batches=1, top_k=0,
+eval_batch_size=512`` (100 samples, one validation batch of 512 each, single stage; NB201 builds the supernet with
 ``affine=False`` and ``track_running_stats=True``).
 
 Deviations (stated explicitly):
@@ -95,6 +95,7 @@ class RspsConfig:
     top_k: int = 10  # best screened ones measured again on final_batches (reference: 10); 0: one stage (NB201)
     final_batches: int | None = None  # batches of the second ranking; None: the whole validation split
     rounds: int | None = None  # selection rounds; None: the reference's max(1, training_steps // 10000)
+    eval_batch_size: int | None = None  # images per ranking batch; None: batch_size (NB201: test_batch_size 512)
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -108,6 +109,8 @@ class RspsConfig:
             require_positive_int("final_batches", self.final_batches)
         if self.rounds is not None:
             require_positive_int("rounds", self.rounds)
+        if self.eval_batch_size is not None:
+            require_positive_int("eval_batch_size", self.eval_batch_size)
 
 
 def two_stage_ranking(
@@ -146,9 +149,10 @@ def search(ctx: OneShotContext, cfg: RspsConfig) -> OneShotResult:
 
     supernet.eval()
     rounds = cfg.rounds if cfg.rounds is not None else max(1, total_steps // 10000)
-    screen = ctx.fixed_valid_batches(cfg.screen_batches, cfg.batch_size)
-    all_batches = math.ceil(len(ctx.valid_set) / cfg.batch_size)  # type: ignore[arg-type]
-    final = ctx.fixed_valid_batches(cfg.final_batches or all_batches, cfg.batch_size) if cfg.top_k else []
+    eval_batch = cfg.eval_batch_size or cfg.batch_size
+    screen = ctx.fixed_valid_batches(cfg.screen_batches, eval_batch)
+    all_batches = math.ceil(len(ctx.valid_set) / eval_batch)  # type: ignore[arg-type]
+    final = ctx.fixed_valid_batches(cfg.final_batches or all_batches, eval_batch) if cfg.top_k else []
     rng = random.Random(ctx.seed + 1)  # not the training sampler's stream (that one is seeded with ctx.seed)
     decided: dict[Arch, float] = {}  # per round, the list that decides (finals, or the screening)
     screenings = []

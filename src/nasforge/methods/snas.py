@@ -34,11 +34,23 @@ reference offers (``--method``):
 * ``"discrete"``: ``R = sum_edges softmax(alpha_edge) . c_edge``, the exact expectation of the
   cost of a discrete (one-hot) sample.
 
+``resource_form="log"`` replaces each edge's cost ``c`` by ``log(max(c, 1))`` with ``c`` the raw
+count (parameters or FLOPs), the reference's ``--log_penalty`` (its README's CIFAR-10 command:
+``--resource_efficient --method reparametrization --log_penalty --resource_lambda 1.5e-3``).
+Sign and scale: the penalty is added to the loss and minimised, so its gradient lowers the
+logits of costly candidates; the reference averages the per-cell terms over the cells of a type
+(``penalty / 6`` for its 6 normal cells), which for the log form differs from the per-key term
+here only by a constant (each cell's edge cost scales with its width), so ``eta`` has the
+reference's scale with ``resource_form="log"``.
+
 Temperature: the reference anneals linearly per epoch from ``tau0 = 1`` to ``tau_min = 0.03``
 (README: ``--temp 1 --temp_min 0.03 --temp_annealing``); its scheduler is stepped before the
-first epoch, so epoch ``e`` of ``E`` uses ``tau = tau_min + (tau0 - tau_min) * (1 - (e + 1) / E)``
-(the reference fixes ``E = 150``, its default epoch count; here ``E = epochs``).
-``tau_schedule="exponential"`` uses ``max(tau_min, tau0 * tau_decay ** e)`` instead.
+first epoch, so epoch ``e`` uses ``tau = tau_min + (tau0 - tau_min) * (1 - (e + 1) / E)`` with
+``E = 150`` whatever ``--epochs`` is (``Temp_Scheduler`` sets ``total_epochs = 150``): a shorter
+reference run stops annealing early (10 epochs end at tau 0.935). Here ``E = tau_epochs``,
+``epochs`` when that is None (the default), so a short search still reaches ``tau_min``;
+``tau_epochs=150`` is the reference's schedule. ``tau_schedule="exponential"`` uses
+``max(tau_min, tau0 * tau_decay ** e)`` instead.
 
 The architecture is derived from ``softmax(alpha)`` with the space's rule (``nb201``: argmax per
 edge, ``none`` included; ``darts``: top-2 incoming edges per node, ``none`` excluded; the
@@ -50,9 +62,10 @@ Deviations from the paper / reference, stated explicitly:
   the Concrete density of the relaxed weights) and holds it constant; the reference leaves ``Z``
   attached, which also adds a path-wise term. ``log Z`` is clamped at the smallest positive float
   (the reference clamps ``Z`` at 1e-4). No baseline is subtracted (the reference's default).
-* The reference's optional ``log(C)`` penalty, resource-weight scheduler, per-cell averaging and
-  its ``"all"`` mixture of size/FLOPs/MAC are not implemented; ``eta`` absorbs the constant factor
-  of summing (here) rather than averaging (reference) over cells.
+* The reference's resource-weight scheduler and its ``"all"`` mixture of size/FLOPs/MAC (the
+  README's setting: the mean of the three log costs) are not implemented: one resource, params
+  or FLOPs, is used. With ``resource_form="linear"`` ``eta`` absorbs the constant factor of
+  summing (here) rather than averaging (reference) over cells.
 * No drop-path in the supernet (the reference searches with ``drop_path_prob`` 0.3 on CIFAR-10)
   and no auxiliary head.
 * ``alpha`` starts at ``init_scale * N(0, 1)``; the reference draws ``N(1, 0.01)``, the same
@@ -98,6 +111,7 @@ from nasforge.train.oneshot import (
 RESOURCES = ("params", "flops")
 ESTIMATORS = ("policy_gradient", "reparametrization", "discrete")
 TAU_SCHEDULES = ("linear", "exponential")
+RESOURCE_FORMS = ("linear", "log")
 
 
 def _number(value: object) -> bool:
@@ -127,6 +141,8 @@ class SnasConfig:
     resource_weight: float = 0.0  # eta of the resource penalty eta * E[C(Z)] (0: no constraint)
     resource: str = "params"  # candidate cost: "params" (parameter count) or "flops" (per image), in millions
     resource_estimator: str = "policy_gradient"  # policy_gradient (paper), reparametrization or discrete
+    resource_form: str = "linear"  # "linear": C(Z) (paper sec. 2.4); "log": log C(Z) per edge (reference --log_penalty)
+    tau_epochs: int | None = None  # E of the linear tau schedule (None: epochs; the reference fixes 150)
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -152,6 +168,15 @@ class SnasConfig:
             self.resource_estimator in ESTIMATORS,
             f"resource_estimator must be one of {', '.join(ESTIMATORS)}, got {self.resource_estimator!r}",
         )
+        require(
+            self.resource_form in RESOURCE_FORMS,
+            f"resource_form must be one of {', '.join(RESOURCE_FORMS)}, got {self.resource_form!r}",
+        )
+        te = self.tau_epochs
+        require(
+            te is None or (isinstance(te, int) and not isinstance(te, bool) and te > 0),
+            f"tau_epochs must be an int > 0 or None, got {te!r}",
+        )
 
 
 def snas_tau(epoch: int, cfg: SnasConfig) -> float:
@@ -159,7 +184,8 @@ def snas_tau(epoch: int, cfg: SnasConfig) -> float:
     if cfg.tau_schedule == "exponential":
         return max(cfg.tau_min, cfg.tau0 * cfg.tau_decay ** epoch)
     # reference Temp_Scheduler: stepped once before epoch 0, so epoch e reads step e + 1
-    return max(cfg.tau_min, cfg.tau_min + (cfg.tau0 - cfg.tau_min) * (1 - (epoch + 1) / cfg.epochs))
+    total = cfg.tau_epochs if cfg.tau_epochs is not None else cfg.epochs
+    return max(cfg.tau_min, cfg.tau_min + (cfg.tau0 - cfg.tau_min) * (1 - (epoch + 1) / total))
 
 
 def concrete_log_prob(logits: Tensor, sample: Tensor, tau: float) -> Tensor:
@@ -231,20 +257,31 @@ def candidate_costs(
 
 
 def resource_terms(
-    policy: GumbelPolicy, path: Mapping[str, Tensor], costs: Mapping[str, Tensor], estimator: str,
+    policy: GumbelPolicy, path: Mapping[str, Tensor], costs: Mapping[str, Tensor], estimator: str, form: str = "linear",
 ) -> tuple[Tensor, float]:
-    """``(R, C(Z))``: the term whose alpha-gradient estimates ``grad E[C(Z)]``, and the sample's cost."""
+    """``(R, C(Z))``: the term whose alpha-gradient estimates ``grad E[C(Z)]``, and the sample's cost.
+
+    With ``form="log"`` each edge's cost ``c`` (in millions, as :func:`candidate_costs` gives it) is
+    replaced by ``log(max(c * 1e6, 1))``, the reference's ``--log_penalty`` (``log`` of the raw count,
+    with costs below 1 -- the parameter-free candidates -- counted as 1, i.e. 0 after the log).
+    """
+    if form not in RESOURCE_FORMS:
+        raise ConfigError(f"resource_form must be one of {', '.join(RESOURCE_FORMS)}, got {form!r}")
+
+    def shaped(edge_cost: Tensor) -> Tensor:
+        return edge_cost if form == "linear" else torch.log(torch.clamp_min(edge_cost * 1e6, 1.0))
+
     value = sum(float((path[k].detach() * c).sum()) for k, c in costs.items())
     terms = []
     for k, c in costs.items():
         z = path[k]
         if estimator == "policy_gradient":
             z = z.detach()
-            terms.append(concrete_log_prob(policy.logits[k], z, policy.tau) * (z * c).sum())
+            terms.append(concrete_log_prob(policy.logits[k], z, policy.tau) * shaped((z * c).sum()))
         elif estimator == "reparametrization":
-            terms.append((z * c).sum())
+            terms.append(shaped((z * c).sum()))
         elif estimator == "discrete":
-            terms.append((torch.softmax(policy.logits[k], dim=-1) * c).sum())
+            terms.append(shaped((torch.softmax(policy.logits[k], dim=-1) * c).sum()))
         else:
             raise ConfigError(f"resource_estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     return torch.stack(terms).sum(), value
@@ -271,7 +308,7 @@ def search(ctx: OneShotContext, cfg: SnasConfig) -> OneShotResult:
             ce = F.cross_entropy(logits, y)
             loss, metrics = ce, {}
             if costs is not None:
-                penalty, cost = resource_terms(policy, path, costs, cfg.resource_estimator)
+                penalty, cost = resource_terms(policy, path, costs, cfg.resource_estimator, cfg.resource_form)
                 loss = ce + cfg.resource_weight * penalty
                 metrics["resource"] = cost
             check_finite(loss, f"epoch {epoch} batch {b}")

@@ -39,16 +39,27 @@ def _check_tau(tau: float) -> float:
     return float(tau)
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, *, hard: bool) -> torch.Tensor:
-    """One Gumbel-softmax draw from the global torch RNG (soft, or hard straight-through)."""
-    for _ in range(_MAX_REDRAWS):
-        u = torch.rand_like(logits)
-        gumbel = -torch.log(-torch.log(u))  # u == 0 or 1 gives inf: redrawn below
-        soft = torch.softmax((logits + gumbel) / tau, dim=-1)
-        if bool(torch.isfinite(soft).all()):
-            break
-    else:  # pragma: no cover - needs 100 consecutive degenerate draws
-        raise ConfigError(f"Gumbel-softmax draws are not finite for logits {logits.tolist()} at tau={tau}")
+def gumbel_softmax(logits: torch.Tensor, tau: float, *, hard: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One Gumbel-softmax draw (soft, or hard straight-through).
+
+    The Gumbel noise ``G`` comes from the global torch RNG, or is ``noise`` when given (a tensor of
+    ``logits``' shape; used to replay a draw, e.g. the reference implementation's, exactly).
+    """
+    if noise is not None:
+        if tuple(noise.shape) != tuple(logits.shape):
+            raise ConfigError(f"Gumbel noise of shape {tuple(noise.shape)} does not match logits of shape {tuple(logits.shape)}")
+        soft = torch.softmax((logits + noise.to(logits)) / tau, dim=-1)
+        if not bool(torch.isfinite(soft).all()):
+            raise ConfigError(f"Gumbel-softmax of the given noise is not finite for logits {logits.tolist()} at tau={tau}")
+    else:
+        for _ in range(_MAX_REDRAWS):
+            u = torch.rand_like(logits)
+            gumbel = -torch.log(-torch.log(u))  # u == 0 or 1 gives inf: redrawn below
+            soft = torch.softmax((logits + gumbel) / tau, dim=-1)
+            if bool(torch.isfinite(soft).all()):
+                break
+        else:  # pragma: no cover - needs 100 consecutive degenerate draws
+            raise ConfigError(f"Gumbel-softmax draws are not finite for logits {logits.tolist()} at tau={tau}")
     if not hard:
         return soft
     index = int(soft.detach().argmax())
@@ -85,8 +96,12 @@ class GumbelPolicy(Policy):
     def _logits(self, key: str) -> torch.Tensor:
         return self.logits[key]
 
-    def forward(self) -> Path:
-        return {k: gumbel_softmax(self._logits(k), self._tau, hard=self.hard) for k in self.choices}
+    def forward(self, noise: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """One sample per key; ``noise`` (key -> Gumbel noise) replays a given draw instead of drawing."""
+        return {
+            k: gumbel_softmax(self._logits(k), self._tau, hard=self.hard, noise=None if noise is None else noise[k])
+            for k in self.choices
+        }
 
     def strengths(self) -> dict[str, torch.Tensor]:
         return {k: torch.softmax(self.logits[k].detach(), dim=-1) for k in self.choices}
@@ -118,8 +133,8 @@ class HardGumbelPolicy(GumbelPolicy):
     def _logits(self, key: str) -> torch.Tensor:
         return torch.log_softmax(self.logits[key], dim=-1)
 
-    def forward(self) -> Path:
-        path = super().forward()
+    def forward(self, noise: Mapping[str, torch.Tensor] | None = None) -> Path:
+        path = super().forward(noise)
         if not self.reference_gradient:
             return path
         # the reference's form: unselected candidates' zero weights are added to the edge output
