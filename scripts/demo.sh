@@ -7,5 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/nasforge search --space nb201 --method evolution --data digits \
+.venv/bin/nasforge search --space nb201 --method evolution --data digits \
   --trials 30 --epochs 8 --final-epochs 30 --out runs/demo "$@"
+echo
+echo "next: scripts/nasforge show runs/demo   (or: source .venv/bin/activate; nasforge show runs/demo)"

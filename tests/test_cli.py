@@ -146,3 +146,16 @@ def test_train_then_evaluate_then_show(tmp_path, capsys):
     # rerunning a finished training resumes it (no epochs left) and changes nothing
     assert main(argv) == 0
     assert json.loads((out / "results.json").read_text())["final"]["test_acc"] == res["final"]["test_acc"]
+
+
+def test_wrapper_script_runs_the_checkouts_command_line_from_anywhere(tmp_path):
+    """README: after the two quick-start commands, `scripts/nasforge ...` works from any directory."""
+    import subprocess
+    from pathlib import Path
+
+    wrapper = Path(__file__).resolve().parents[1] / "scripts" / "nasforge"
+    out = subprocess.run([str(wrapper), "methods"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "gdas" in out.stdout and "evolution" in out.stdout
+    bad = subprocess.run([str(wrapper), "show", "no-such-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no-such-run" in bad.stderr + bad.stdout
