@@ -285,3 +285,20 @@ def test_log_resource_penalty_matches_the_reference_form(estimator: str) -> None
         z0 = torch.tensor([0.9996, 0.0002, 0.0002])  # 0.4 parameters: clamped to 1, log 1 = 0
         zero, _ = resource_terms(policy, {"e": z0}, costs, estimator, "log")
         assert float(zero) == 0.0
+
+
+def test_concrete_log_prob_equals_the_reference_expression() -> None:
+    """SNAS-Series ``model_search.py`` ``Network.logp`` (re-typed; its constant ``log 5040`` is
+    ``log 7!`` for 8 DARTS ops, ``log (n-1)!`` in general) gives the same log-density and gradient."""
+    torch.manual_seed(1)
+    for n, tau in ((5, 1.0), (8, 0.5)):
+        alpha = torch.randn(n, requires_grad=True)
+        z = torch.softmax((alpha.detach() + -torch.log(-torch.log(torch.rand(n)))) / tau, -1)
+        w = torch.clamp_min(z, 1e-4)
+        last = torch.clamp_min(w ** (-tau) * torch.exp(alpha), 1e-4)
+        ref = math.lgamma(n) + (n - 1) * math.log(tau) + alpha.sum() - (tau + 1) * torch.log(w).sum() - n * torch.log(last.sum())
+        ours = concrete_log_prob(alpha, z, tau)
+        assert float(ours) == pytest.approx(float(ref), rel=1e-5, abs=1e-5)
+        (g_ref,) = torch.autograd.grad(ref, alpha)
+        (g_ours,) = torch.autograd.grad(ours, alpha)
+        assert torch.allclose(g_ours, g_ref, atol=1e-5)

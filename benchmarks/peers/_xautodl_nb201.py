@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
+from _protocol import arch_str as arch_string  # noqa: F401 - NB201 string of the six edge ops (EDGES order)
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # row order of xautodl's arch_parameters
@@ -140,15 +141,3 @@ def entropy(probs: torch.Tensor) -> float:
     """Mean entropy (nats) of the rows of ``probs`` (one row per edge)."""
     p = probs.clamp_min(1e-12)
     return float(-(p * p.log()).sum(-1).mean())
-
-
-def arch_string(ops: list[str]) -> str:
-    """NB201 string of the six edge ops (order of :data:`EDGES`)."""
-    nodes, k = [], 0
-    for to in range(1, 4):
-        parts = []
-        for frm in range(to):
-            parts.append(f"{ops[k]}~{frm}")
-            k += 1
-        nodes.append("|" + "|".join(parts) + "|")
-    return "+".join(nodes)
