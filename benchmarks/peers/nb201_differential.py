@@ -194,7 +194,7 @@ def report(args: argparse.Namespace, out: Path) -> str:
             ents = [h["entropy"] for h in lasts if h["entropy"] is not None]
             lines.append(f"| {method} | {impl} | {len(accs)} | {statistics.mean(accs):.2f} ± {sd:.2f} "
                          f"| {statistics.mean(h['parameter_free'] for h in lasts):.1f} "
-                         f"| {statistics.mean(ents) if ents else float('nan'):.4f} |")
+                         f"| {f'{statistics.mean(ents):.4f}' if ents else '-'} |")
     text = "\n".join(lines)
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

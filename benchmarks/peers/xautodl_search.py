@@ -166,8 +166,10 @@ def main() -> int:
             "probs": None if probs is None else probs.tolist(), "entropy": None if probs is None else X.entropy(probs),
             "arch": arch, "seconds": time.perf_counter() - t0,
         })
-        print(f"[xautodl {args.method} seed {args.seed}] epoch {epoch}: {history[-1]['arch'] or ''} "
-              f"train {history[-1]['train_loss']:.3f} valid {history[-1]['valid_loss']:.3f}", flush=True)
+        last = history[-1]
+        valid = "" if last["valid_loss"] is None else f" valid {last['valid_loss']:.3f}"
+        print(f"[xautodl {args.method} seed {args.seed}] epoch {epoch}: {last['arch'] or ''} "
+              f"train {last['train_loss']:.3f}{valid}", flush=True)
     Path(args.out).write_text(json.dumps({
         "impl": "xautodl", "method": args.method, "seed": args.seed, "history": history,
         "arch": history[-1]["arch"], "seconds": time.perf_counter() - t_start,
