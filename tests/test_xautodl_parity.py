@@ -97,5 +97,9 @@ def test_replayed_gumbel_noise_gives_the_references_sample(inputs: dict[str, Any
     expected = ((inputs["alpha"].log_softmax(-1) + noise) / parity.SETUP["tau"]).softmax(-1).argmax(-1)
     got = torch.stack([path[k].detach().argmax() for k in X.EDGE_NAMES])
     assert torch.equal(got, expected)
-    with pytest.raises(Exception, match="does not match"):
+    from nasforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not match"):
         policy({key: torch.zeros(3) for key in X.EDGE_NAMES})
+    with pytest.raises(ConfigError, match="lacks choice keys"):
+        policy({X.EDGE_NAMES[0]: noise[0]})

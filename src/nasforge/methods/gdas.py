@@ -35,6 +35,10 @@ Deviations from the paper / reference, stated explicitly:
   the weights only, since the weight step computes no architecture gradient. Measured on the
   parity set-up (``benchmarks/peers/nb201_parity.py``) that gradient adds 0.003 to a total norm
   of 1.07 (below the clip of 5 either way), so the clipped step is the same.
+* By default unselected candidates contribute nothing to an edge output (see
+  :mod:`nasforge.policies.gumbel`). The reference adds each unselected weight ``h_j`` itself
+  (value 0) to the edge output (``... else weights[_ie]`` in xautodl's ``forward_gdas``), so
+  ``dL/dh_j`` is the sum of the upstream gradient; ``reference_gradient=True`` does the same.
 
 The learning rate is the reference's: its ``CosineAnnealingLR`` reads only the epoch after
 warm-up (``scheduler.update(None, step / len(loader))`` changes the rate only during warm-up,
@@ -44,11 +48,7 @@ Checked against the reference code (``benchmarks/peers/nb201_parity.py``, test
 ``tests/test_xautodl_parity.py``): from the same weights, architecture parameters, batches and
 Gumbel noise, xautodl 1.0.0's ``TinyNetworkGDAS`` and this method give the same logits, weight
 gradients and updated weights to float precision, and with ``reference_gradient=True`` the
-same architecture gradient; the default gradient differs (see above).
-* By default unselected candidates contribute nothing to an edge output (see
-  :mod:`nasforge.policies.gumbel`). The reference adds each unselected weight ``h_j`` itself
-  (value 0) to the edge output (``... else weights[_ie]`` in xautodl's ``forward_gdas``), so
-  ``dL/dh_j`` is the sum of the upstream gradient; ``reference_gradient=True`` does the same.
+same architecture gradient; the default gradient differs (the last deviation above).
 
 Defaults are the NAS-Bench-201 GDAS run (each field says where it comes from). The reference's
 DARTS-space run (``configs/search-opts/GDAS-NASNet-CIFAR.config``) differs only in

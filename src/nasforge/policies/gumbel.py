@@ -98,6 +98,10 @@ class GumbelPolicy(Policy):
 
     def forward(self, noise: Mapping[str, torch.Tensor] | None = None) -> Path:
         """One sample per key; ``noise`` (key -> Gumbel noise) replays a given draw instead of drawing."""
+        if noise is not None:
+            missing = [k for k in self.choices if k not in noise]
+            if missing:
+                raise ConfigError(f"Gumbel noise lacks choice keys {missing}; needs {', '.join(self.choices)}")
         return {
             k: gumbel_softmax(self._logits(k), self._tau, hard=self.hard, noise=None if noise is None else noise[k])
             for k in self.choices
