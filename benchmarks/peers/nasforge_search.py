@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _xautodl_nb201 as X  # noqa: E402
 
 from nasforge import get_space, registry  # noqa: E402
+from nasforge.cli import _kv  # noqa: E402
 from nasforge.train.oneshot import OneShotContext, SearchRun  # noqa: E402
 
 PROTOCOL: dict[str, dict[str, Any]] = {
@@ -76,18 +77,6 @@ class _Context(OneShotContext):
         return run
 
 
-def parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True, choices=sorted(PROTOCOL))
@@ -98,16 +87,15 @@ def main() -> int:
     ap.add_argument("--C", type=int, default=8)
     ap.add_argument("--N", type=int, default=1)
     ap.add_argument("--write-init", default=None)
-    ap.add_argument("--option", action="append", default=[], help="extra method option key=value")
+    ap.add_argument("--option", action="append", default=[], type=_kv,
+                    help="extra method option key=value (the value read as YAML, as nasforge --method-opt)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     torch.set_num_threads(1)
     data = X.SearchData(args.data, args.seed, args.batch_size)
     options: dict[str, Any] = {"epochs": args.epochs, "batch_size": args.batch_size, **PROTOCOL[args.method]}
-    for item in args.option:
-        key, _, value = item.partition("=")
-        options[key] = parse_value(value)
+    options.update(dict(args.option))
     ctx = _Context(
         space=get_space("nb201"), train_set=TensorDataset(data.train_x, data.train_y),
         valid_set=TensorDataset(data.valid_x, data.valid_y), num_classes=10, input_shape=(3, 32, 32),
