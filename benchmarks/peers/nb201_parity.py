@@ -16,7 +16,8 @@ it after ``torch.manual_seed(s)``; nasforge replays that draw through
 
 nasforge is run three ways: ``darts`` (first order), ``gdas`` (default gradient form) and
 ``gdas_ref`` (``reference_gradient=True``). The table gives the largest relative difference
-``max|a - b| / max|b|`` per quantity. ``--write-fixture`` stores the set-up and the
+``max|a - b| / max|b|`` per quantity, and, as the noise floor, how far nasforge's float32 run is
+from its own float64 run. ``--set C=16 --set N=5 --set batch=64`` changes the set-up. ``--write-fixture`` stores the set-up and the
 reference outputs as text for ``tests/test_xautodl_parity.py``, which checks nasforge against them
 in CI (where xautodl is not installed): small tensors in full, the per-parameter weight and
 gradient dicts as digests (sum, sum of squares and the first 8 values of each tensor).
@@ -170,6 +171,27 @@ def rel_diff(a: Any, b: Any) -> float:
     return num / den if den > 0 else num
 
 
+def float_floor(kind: str, inputs: dict[str, Any]) -> dict[str, float]:
+    """nasforge's own float32 rounding error per quantity: its float32 run against its float64 run."""
+    wide = dict(inputs)
+    wide["net"] = copy.deepcopy(inputs["net"]).double()
+    wide["alpha"] = inputs["alpha"].double()
+    wide["train"] = (inputs["train"][0].double(), inputs["train"][1])
+    wide["valid"] = (inputs["valid"][0].double(), inputs["valid"][1])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        exact = nasforge_step(kind, wide)
+    finally:
+        torch.set_default_dtype(old)
+    mine = nasforge_step(kind, inputs)
+
+    def narrow(v: Any) -> Any:
+        return {k: t.float() for k, t in v.items()} if isinstance(v, dict) else v.float()
+
+    return {q: rel_diff(mine[q], narrow(exact[q])) for q in QUANTITIES}
+
+
 def compare(inputs: dict[str, Any], ref: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Relative differences per nasforge variant and quantity (against xautodl's DARTS-V1 / GDAS)."""
     table: dict[str, dict[str, float]] = {}
@@ -177,7 +199,45 @@ def compare(inputs: dict[str, Any], ref: dict[str, Any]) -> dict[str, dict[str, 
         mine = nasforge_step(kind, inputs)
         tag = "darts" if kind == "darts" else "gdas"
         table[kind] = {q: rel_diff(mine[q], ref[f"{tag}_{q}"]) for q in QUANTITIES}
+    for kind in ("darts", "gdas_ref"):  # the noise floor: how far float32 itself is from float64
+        table[f"{kind}: nasforge float32 vs float64"] = float_floor(kind, inputs)
     return table
+
+
+def gradient_at_reference_weights(inputs: dict[str, Any], ref: dict[str, Any], perturb: float) -> float:
+    """Float sensitivity of GDAS' architecture gradient after the weight step (reference form).
+
+    nasforge's ``alpha_grad1`` computed at xautodl's own updated weights (``perturb=0``: the
+    relative difference to xautodl's ``alpha_grad1`` is pure floating-point order), or nasforge's
+    change of that gradient when those weights are multiplied by ``1 + perturb * N(0, 1)``.
+    """
+    from nasforge.policies import HardGumbelPolicy
+
+    net = copy.deepcopy(inputs["net"])
+    net.train()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(ref["gdas_weights1"][X.xautodl_key(name)])
+    policy = HardGumbelPolicy(net.choices(), tau=inputs["tau"], reference_gradient=True)
+    with torch.no_grad():
+        for i, key in enumerate(X.EDGE_NAMES):
+            policy.logits.alphas[key].copy_(inputs["alpha"][i])
+    noise = X.gumbel_noise(inputs["noise_seeds"][1])
+    x, y = inputs["valid"]
+
+    def grad() -> torch.Tensor:
+        loss = F.cross_entropy(net(x, policy({k: noise[i] for i, k in enumerate(X.EDGE_NAMES)})), y)
+        gs = dict(zip(policy.logits.alphas.keys(), torch.autograd.grad(loss, list(policy.logits.alphas.values()))))
+        return torch.stack([gs[k] for k in X.EDGE_NAMES])
+
+    base = grad()
+    if perturb == 0.0:
+        return rel_diff(base, ref["gdas_alpha_grad1"])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1 + perturb * torch.randn(p.shape, generator=gen))
+    return rel_diff(grad(), base)
 
 
 def main() -> int:
@@ -186,9 +246,19 @@ def main() -> int:
                     help="the peers venv's python (bash benchmarks/peers/setup_peers.sh makes it)")
     ap.add_argument("--write-fixture", default=None, help="store the setup and xautodl's outputs here")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nb201_parity" / "parity.json"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"change the set-up (keys: {', '.join(SETUP)}), e.g. --set C=16 --set N=5 --set batch=64")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    inputs = make_inputs(SETUP)
+    setup = dict(SETUP)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SETUP or key == "noise_seeds":
+            raise SystemExit(f"--set: unknown or fixed key {key!r}; valid: {', '.join(k for k in SETUP if k != 'noise_seeds')}")
+        setup[key] = type(SETUP[key])(value)
+    if args.write_fixture and setup != SETUP:
+        raise SystemExit("--write-fixture stores the default set-up only (the CI test recomputes it)")
+    inputs = make_inputs(setup)
     ref = run_reference(inputs, Path(args.python))
     if args.write_fixture:
         Path(args.write_fixture).parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +273,8 @@ def main() -> int:
         "gdas_alpha_grad_norm_in_weight_step": float(ref["gdas_w_alpha_grad"].norm()),
         "darts_clip_total_norm_xautodl": float(ref["darts_clip_total_norm"]),
         "darts_alpha_grad_norm_in_weight_step": float(ref["darts_w_alpha_grad"].norm()),
+        "gdas_ref_alpha_grad1_at_reference_weights": gradient_at_reference_weights(inputs, ref, 0.0),
+        "gdas_ref_alpha_grad1_self_sensitivity_1e-7": gradient_at_reference_weights(inputs, ref, 1e-7),
     }
     print("| nasforge variant vs xautodl | " + " | ".join(QUANTITIES) + " |")
     print("|---|" + "---|" * len(QUANTITIES))
@@ -212,7 +284,7 @@ def main() -> int:
         print(f"{k}: {v:.4g}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"setup": SETUP, "relative_difference": table, **extra,
+    out.write_text(json.dumps({"setup": setup, "relative_difference": table, **extra,
                                "xautodl": ref.get("xautodl_version"), "torch": torch.__version__}, indent=2) + "\n")
     return 0
 
