@@ -71,3 +71,22 @@ def test_search_resumes_from_external_storage(storage, tmp_path):
 def test_bad_storage_url_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot open study storage 'nosuchdb://x'"):
         Study("nosuchdb://x")
+
+
+def test_storage_password_is_never_shown_or_stored(tmp_path):
+    """A storage URL's password stays out of errors, config.json and logs (issue 11, security)."""
+    from nasforge.study.store import redact_url
+
+    assert redact_url("postgresql+psycopg2://nas:s3cr%40t@db:5432/studies") == "postgresql+psycopg2://nas:***@db:5432/studies"
+    assert redact_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    assert redact_url("postgresql://nas@db/studies") == "postgresql://nas@db/studies"
+    url = "postgresql+psycopg2://nas:topsecret@127.0.0.1:1/none"  # nothing listens on port 1
+    cfg = SearchConfig(space="toy_test", method="random", data="digits", trials=1, recipe_overrides={"epochs": 1},
+                       final_train=False, out=str(tmp_path / "run"), storage=url)
+    lines: list[str] = []
+    with pytest.raises(ConfigError) as err:
+        run_search(cfg, progress=False, log=lines.append)
+    assert "topsecret" not in str(err.value) and "nas:***@127.0.0.1" in str(err.value)
+    written = (tmp_path / "run" / "config.json").read_text()
+    assert "topsecret" not in written and "nas:***@" in written
+    assert not any("topsecret" in line for line in lines)

@@ -147,6 +147,15 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the storage URL's password hidden (what ``config.json`` holds)."""
+        from nasforge.study.store import redact_url
+
+        d = self.to_dict()
+        if d.get("storage"):
+            d["storage"] = redact_url(d["storage"])
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
         return cls(**_known_fields(cls, d, "search"))
@@ -455,13 +464,13 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
     out = Path(cfg.out)
     space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
     if cfg.one_shot():
-        prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
+        prepare_run_dir(out, cfg.public_dict(), SearchConfig.RESUMABLE)
         return _run_one_shot(cfg, space, out, t0, progress=progress, log=log)
     objectives = cfg.objectives()
     objective = objectives[0]
     constraints = [parse_constraint(c) for c in cfg.constraints]
     searcher = make_searcher(cfg, space, log)  # every check that can fail, before the run directory is written
-    resuming = prepare_run_dir(out, cfg.to_dict(), SearchConfig.RESUMABLE)
+    resuming = prepare_run_dir(out, cfg.public_dict(), SearchConfig.RESUMABLE)
 
     evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
     feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, out / "costs.json",
@@ -477,7 +486,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
             raise IncompatibleRunError(
                 f"replaying trial {rec.number}: the searcher now proposes {space.format(arch)} at fidelity "
                 f"{searcher.fidelity():g} but the study recorded {rec.arch} at {rec.fidelity:g}; the study in "
-                f"{study.url} was made by different code or options"
+                f"{study.public_url} was made by different code or options"
             )
         searcher.tell(arch, rec.fitness, dict(rec.metrics))
     if resuming or done:
@@ -561,7 +570,7 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
                  "table": _table_lookup(cfg, space, best_arch)},
         "final": final,
         "trials": [dataclasses.asdict(r) for r in records],
-        "study": {"storage": study.url, "counts": study.counts()},
+        "study": {"storage": study.public_url, "counts": study.counts()},
         "seconds_this_run": outcome.seconds,
     })
     return outcome

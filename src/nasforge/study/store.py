@@ -14,6 +14,7 @@ Crash safety: a trial is written when it starts (RUNNING) and again when it fini
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ class TrialRecord:
     fidelity: float = 1.0  # share of the full evaluation budget (multi-fidelity searchers)
 
 
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*:)([^/@]*)(@)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (``scheme://user:PASSWORD@host``) replaced by ``***``.
+
+    What nasforge writes to logs, errors, ``config.json`` and ``results.json`` for a storage URL.
+    """
+    return _PASSWORD.sub(r"\1***\3", str(url))
+
+
 class Study:
     """A named study in an Optuna storage.
 
@@ -50,14 +62,19 @@ class Study:
         url = str(storage)
         if "://" not in url:
             url = f"sqlite:///{Path(url).resolve()}"
-        self.url = url
+        self.url = url  # with its password, for Optuna only
+        self.public_url = redact_url(url)  # what may be shown or stored
         try:
             self._study = optuna.create_study(
                 storage=url, study_name=name, direction="maximize", load_if_exists=True
             )
         except (ImportError, ValueError, SQLAlchemyError) as e:  # bad URL, missing driver, server down
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot open study storage {url!r}: {first}") from e
+            shown = first.replace(url, self.public_url)
+            match = _PASSWORD.match(url)
+            if match and match.group(2):  # drivers may quote the password on its own
+                shown = shown.replace(match.group(2), "***")
+            raise ConfigError(f"cannot open study storage {self.public_url!r}: {shown}") from e
         self.name = name
 
     def recover_interrupted(self) -> int:
