@@ -159,3 +159,17 @@ def test_wrapper_script_runs_the_checkouts_command_line_from_anywhere(tmp_path):
     assert "gdas" in out.stdout and "evolution" in out.stdout
     bad = subprocess.run([str(wrapper), "show", "no-such-run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no-such-run" in bad.stderr + bad.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`nasforge show RUN | head` must not end in a BrokenPipeError traceback (exit 141, as Unix tools)."""
+    import subprocess
+    from pathlib import Path
+
+    wrapper = Path(__file__).resolve().parents[1] / "scripts" / "nasforge"
+    proc = subprocess.Popen([str(wrapper), "methods"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err

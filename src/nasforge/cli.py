@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -442,6 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         return COMMANDS[ns.command](ns)
+    except BrokenPipeError:  # the reader went away (``nasforge show RUN | head``): stop quietly, as Unix tools do
+        try:  # the interpreter's final flush of stdout must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+            pass
+        return 141
     except KeyboardInterrupt as e:  # includes SearchInterrupted
         msg = str(e) or "interrupted; finished work is saved. Rerun the same command to resume."
         print(f"\n{msg}", file=sys.stderr)
