@@ -85,12 +85,7 @@ def test_default_gdas_gradient_differs_from_the_reference_only_in_the_architectu
 
 def test_replayed_gumbel_noise_gives_the_references_sample(inputs: dict[str, Any]) -> None:
     """``HardGumbelPolicy(noise=...)`` reproduces xautodl's one-hot draw from the same noise."""
-    from nasforge.policies import HardGumbelPolicy
-
-    policy = HardGumbelPolicy(inputs["net"].choices(), tau=parity.SETUP["tau"])
-    with torch.no_grad():
-        for i, key in enumerate(X.EDGE_NAMES):
-            policy.logits.alphas[key].copy_(inputs["alpha"][i])
+    policy = parity.make_policy("gdas", inputs["net"], inputs)
     noise = X.gumbel_noise(123)
     path = policy({key: noise[i] for i, key in enumerate(X.EDGE_NAMES)})
     # xautodl: index = softmax((log_softmax(alpha) + G) / tau).argmax(-1)

@@ -8,7 +8,7 @@ Runs the registered method (``nasforge.methods.gdas`` / ``darts``) unchanged, th
 from ``_xautodl_nb201.SearchData`` (the same images, order and augmentation as the xautodl side)
 instead of the library's loaders. ``--write-init`` stores the supernet's initial weights (the
 method's own seeded initialisation) so that the xautodl side starts from them. Method options
-are the NB201 protocol's (GDAS defaults; DARTS ``weight_decay=5e-4, nesterov=True``), plus
+are the NB201 protocol's (``benchmarks/nb201_oneshot.py`` ``PROTOCOL_OPTIONS``), plus
 ``--option key=value`` (e.g. ``reference_gradient=true``). Writes one JSON with a record per epoch.
 """
 
@@ -26,18 +26,16 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _xautodl_nb201 as X  # noqa: E402
+from nb201_oneshot import PROTOCOL_OPTIONS  # noqa: E402
 
 from nasforge import get_space, registry  # noqa: E402
 from nasforge.cli import _kv  # noqa: E402
 from nasforge.train.oneshot import OneShotContext, SearchRun  # noqa: E402
 
-PROTOCOL: dict[str, dict[str, Any]] = {
-    "darts": {"weight_decay": 5e-4, "nesterov": True},
-    "gdas": {},
-    "rsps": {"weight_decay": 5e-4, "nesterov": True, "grad_clip": 5.0, "num_samples": 100, "screen_batches": 1,
-             "top_k": 0, "eval_batch_size": 512},  # as benchmarks/nb201_oneshot.py (xautodl RANDOM-NAS)
-}
+# the NB201 protocol's options, from the one table the reduced protocol uses
+PROTOCOL: dict[str, dict[str, Any]] = {m: dict(PROTOCOL_OPTIONS.get(m, {})) for m in ("darts", "gdas", "rsps")}
 
 
 class _Run(SearchRun):

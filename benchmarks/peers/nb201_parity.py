@@ -77,21 +77,29 @@ def run_reference(inputs: dict[str, Any], python: Path) -> dict[str, Any]:
     return out
 
 
-def nasforge_step(kind: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """nasforge's quantities for ``kind`` in ``darts | gdas | gdas_ref`` (library steps and policies)."""
+def make_policy(kind: str, net: Any, inputs: dict[str, Any]) -> Any:
+    """The library policy of ``kind`` (``darts | gdas | gdas_ref``) with the shared starting alpha."""
     from nasforge.policies import HardGumbelPolicy, SoftmaxPolicy
-    from nasforge.train.bilevel import arch_step, weight_step
 
-    net = copy.deepcopy(inputs["net"])
-    net.train()
     choices = net.choices()
     if kind == "darts":
         policy: Any = SoftmaxPolicy(choices)
     else:
         policy = HardGumbelPolicy(choices, tau=inputs["tau"], reference_gradient=(kind == "gdas_ref"))
+    policy.to(inputs["alpha"].dtype)
     with torch.no_grad():
         for i, key in enumerate(X.EDGE_NAMES):
             policy.logits.alphas[key].copy_(inputs["alpha"][i])
+    return policy
+
+
+def nasforge_step(kind: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """nasforge's quantities for ``kind`` in ``darts | gdas | gdas_ref`` (library steps and policies)."""
+    from nasforge.train.bilevel import arch_step, weight_step
+
+    net = copy.deepcopy(inputs["net"])
+    net.train()
+    policy = make_policy(kind, net, inputs)
     seed_w, seed_a, seed_0 = inputs["noise_seeds"]
 
     def path(seed: int) -> Any:
@@ -171,8 +179,8 @@ def rel_diff(a: Any, b: Any) -> float:
     return num / den if den > 0 else num
 
 
-def float_floor(kind: str, inputs: dict[str, Any]) -> dict[str, float]:
-    """nasforge's own float32 rounding error per quantity: its float32 run against its float64 run."""
+def float_floor(kind: str, inputs: dict[str, Any], mine: dict[str, Any]) -> dict[str, float]:
+    """nasforge's own float32 rounding error per quantity: its float32 run ``mine`` against a float64 run."""
     wide = dict(inputs)
     wide["net"] = copy.deepcopy(inputs["net"]).double()
     wide["alpha"] = inputs["alpha"].double()
@@ -184,7 +192,6 @@ def float_floor(kind: str, inputs: dict[str, Any]) -> dict[str, float]:
         exact = nasforge_step(kind, wide)
     finally:
         torch.set_default_dtype(old)
-    mine = nasforge_step(kind, inputs)
 
     def narrow(v: Any) -> Any:
         return {k: t.float() for k, t in v.items()} if isinstance(v, dict) else v.float()
@@ -195,33 +202,28 @@ def float_floor(kind: str, inputs: dict[str, Any]) -> dict[str, float]:
 def compare(inputs: dict[str, Any], ref: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Relative differences per nasforge variant and quantity (against xautodl's DARTS-V1 / GDAS)."""
     table: dict[str, dict[str, float]] = {}
-    for kind in ("darts", "gdas", "gdas_ref"):
-        mine = nasforge_step(kind, inputs)
+    mine = {kind: nasforge_step(kind, inputs) for kind in ("darts", "gdas", "gdas_ref")}
+    for kind, ours in mine.items():
         tag = "darts" if kind == "darts" else "gdas"
-        table[kind] = {q: rel_diff(mine[q], ref[f"{tag}_{q}"]) for q in QUANTITIES}
+        table[kind] = {q: rel_diff(ours[q], ref[f"{tag}_{q}"]) for q in QUANTITIES}
     for kind in ("darts", "gdas_ref"):  # the noise floor: how far float32 itself is from float64
-        table[f"{kind}: nasforge float32 vs float64"] = float_floor(kind, inputs)
+        table[f"{kind}: nasforge float32 vs float64"] = float_floor(kind, inputs, mine[kind])
     return table
 
 
-def gradient_at_reference_weights(inputs: dict[str, Any], ref: dict[str, Any], perturb: float) -> float:
+def gradient_at_reference_weights(inputs: dict[str, Any], ref: dict[str, Any], perturb: float = 1e-7) -> tuple[float, float]:
     """Float sensitivity of GDAS' architecture gradient after the weight step (reference form).
 
-    nasforge's ``alpha_grad1`` computed at xautodl's own updated weights (``perturb=0``: the
-    relative difference to xautodl's ``alpha_grad1`` is pure floating-point order), or nasforge's
-    change of that gradient when those weights are multiplied by ``1 + perturb * N(0, 1)``.
+    Returns ``(vs_reference, self_change)``: nasforge's ``alpha_grad1`` computed at xautodl's own
+    updated weights against xautodl's (pure floating-point order), and how much nasforge's
+    gradient changes when those weights are multiplied by ``1 + perturb * N(0, 1)``.
     """
-    from nasforge.policies import HardGumbelPolicy
-
     net = copy.deepcopy(inputs["net"])
     net.train()
     with torch.no_grad():
         for name, p in net.named_parameters():
             p.copy_(ref["gdas_weights1"][X.xautodl_key(name)])
-    policy = HardGumbelPolicy(net.choices(), tau=inputs["tau"], reference_gradient=True)
-    with torch.no_grad():
-        for i, key in enumerate(X.EDGE_NAMES):
-            policy.logits.alphas[key].copy_(inputs["alpha"][i])
+    policy = make_policy("gdas_ref", net, inputs)
     noise = X.gumbel_noise(inputs["noise_seeds"][1])
     x, y = inputs["valid"]
 
@@ -231,13 +233,11 @@ def gradient_at_reference_weights(inputs: dict[str, Any], ref: dict[str, Any], p
         return torch.stack([gs[k] for k in X.EDGE_NAMES])
 
     base = grad()
-    if perturb == 0.0:
-        return rel_diff(base, ref["gdas_alpha_grad1"])
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(1 + perturb * torch.randn(p.shape, generator=gen))
-    return rel_diff(grad(), base)
+    return rel_diff(base, ref["gdas_alpha_grad1"]), rel_diff(grad(), base)
 
 
 def main() -> int:
@@ -273,9 +273,9 @@ def main() -> int:
         "gdas_alpha_grad_norm_in_weight_step": float(ref["gdas_w_alpha_grad"].norm()),
         "darts_clip_total_norm_xautodl": float(ref["darts_clip_total_norm"]),
         "darts_alpha_grad_norm_in_weight_step": float(ref["darts_w_alpha_grad"].norm()),
-        "gdas_ref_alpha_grad1_at_reference_weights": gradient_at_reference_weights(inputs, ref, 0.0),
-        "gdas_ref_alpha_grad1_self_sensitivity_1e-7": gradient_at_reference_weights(inputs, ref, 1e-7),
     }
+    extra["gdas_ref_alpha_grad1_at_reference_weights"], extra["gdas_ref_alpha_grad1_self_sensitivity_1e-7"] = (
+        gradient_at_reference_weights(inputs, ref))
     print("| nasforge variant vs xautodl | " + " | ".join(QUANTITIES) + " |")
     print("|---|" + "---|" * len(QUANTITIES))
     for kind, row in table.items():
