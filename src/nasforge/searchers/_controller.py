@@ -148,3 +148,20 @@ def finite_or_none(value: float) -> float | None:
     """``value`` as a float if finite; None for -inf, +inf and NaN (failed trials)."""
     v = float(value)
     return v if math.isfinite(v) else None
+
+
+def batch_advantages(baseline: float | None, rewards: Sequence[float]) -> tuple[float, Tensor]:
+    """``(baseline, advantages)`` of one batch: ``r - b``, the baseline starting at the first batch's mean.
+
+    The moving-average baseline of NAS-RL / NASNet (Zoph & Le 2017, sec. 3.2; the starting value
+    is this implementation's choice); move it after the update with :func:`decayed_baseline`.
+    """
+    b = sum(rewards) / len(rewards) if baseline is None else baseline
+    return b, torch.tensor([r - b for r in rewards], dtype=torch.float32)
+
+
+def decayed_baseline(baseline: float, decay: float, rewards: Sequence[float]) -> float:
+    """The exponential moving average ``b <- decay * b + (1 - decay) * r`` over ``rewards`` in told order."""
+    for r in rewards:
+        baseline = decay * baseline + (1.0 - decay) * r
+    return baseline

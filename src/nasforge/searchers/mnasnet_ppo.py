@@ -61,7 +61,7 @@ import torch
 from nasforge.arch import Arch
 from nasforge.errors import ConfigError, check_float, check_int
 from nasforge.registry import register
-from nasforge.searchers._controller import LSTMController, sample_arch
+from nasforge.searchers._controller import LSTMController, batch_advantages, decayed_baseline, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
@@ -193,9 +193,7 @@ class MnasNetPPO(Searcher):
 
     def _update(self, batch: list[tuple[list[int], float]]) -> None:
         rewards = [r for _, r in batch]
-        if self.baseline is None:
-            self.baseline = sum(rewards) / len(rewards)
-        advantages = torch.tensor([r - self.baseline for r in rewards], dtype=torch.float32)
+        self.baseline, advantages = batch_advantages(self.baseline, rewards)
         actions = torch.tensor([a for a, _ in batch], dtype=torch.long)
         with torch.no_grad():
             old_logp, _ = self.controller.log_prob(actions)
@@ -206,5 +204,4 @@ class MnasNetPPO(Searcher):
             loss.backward()
             self.optimizer.step()
         self.updates += 1
-        for r in rewards:
-            self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * r
+        self.baseline = decayed_baseline(self.baseline, self.baseline_decay, rewards)

@@ -53,7 +53,7 @@ import torch
 from nasforge.arch import Arch
 from nasforge.errors import check_float, check_int
 from nasforge.registry import register
-from nasforge.searchers._controller import LSTMController, sample_arch
+from nasforge.searchers._controller import LSTMController, batch_advantages, decayed_baseline, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
@@ -137,9 +137,7 @@ class NASRL(Searcher):
         fill = self.worst_reward
         used = [(a, fill if r is None else r) for a, r in raw]
         rewards = [r for _, r in used]
-        if self.baseline is None:
-            self.baseline = sum(rewards) / len(rewards)
-        advantages = torch.tensor([r - self.baseline for r in rewards], dtype=torch.float32)
+        self.baseline, advantages = batch_advantages(self.baseline, rewards)
         actions = torch.tensor([a for a, _ in used], dtype=torch.long)
         logp, _ = self.controller.log_prob(actions)
         loss = -(advantages * logp).mean()
@@ -147,5 +145,4 @@ class NASRL(Searcher):
         loss.backward()
         self.optimizer.step()
         self.updates += 1
-        for r in rewards:
-            self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * r
+        self.baseline = decayed_baseline(self.baseline, self.baseline_decay, rewards)
