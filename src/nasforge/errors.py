@@ -57,6 +57,19 @@ class CheckpointError(NasforgeError, ValueError):
     """A checkpoint that is corrupt, from another space/model, or from an incompatible version."""
 
 
+class StorageError(NasforgeError, OSError):
+    """An output file (a checkpoint...) could not be written; the message names the file, the
+    operating system's reason and what was left in place. ``errno`` is the original error's."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class StorageFullError(StorageError):
+    """A write failed because the disk, a quota or the file-size limit is full (ENOSPC, EDQUOT, EFBIG)."""
+
+
 def require_positive(name: str, value: float | int) -> None:
     """Raise :class:`BudgetError` unless ``value`` > 0 (used for budgets, epochs, sizes)."""
     if not value > 0:

@@ -21,6 +21,8 @@ import io
 import json
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -130,19 +132,46 @@ def score_cells(
         if bar is not None:
             bar.close()
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(_append_scores, proxy_name, todo[k::workers], inputs, targets,
-                            out / f"{proxy_name}.w{k}.jsonl", seed, build_kwargs, 1)
-                for k in range(workers)
-            ]
-            for fut in futures:
-                fut.result()
+        _score_in_pool(proxy_name, todo, inputs, targets, out, seed, build_kwargs, workers)
     return load_scores(path)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _score_in_pool(proxy_name: str, todo: Sequence[dict[str, Any]], inputs: Any, targets: Any, out: Path,
+                   seed: int, build_kwargs: dict[str, Any] | None, workers: int) -> None:
+    """Score ``todo`` round-robin in ``workers`` spawned processes, one shard file each.
+
+    SIGTERM and Ctrl-C stop the workers before the parent exits (no orphan keeps scoring; a
+    ``ProcessPoolExecutor`` would wait for the running shards, or be left behind by SIGTERM).
+    Every finished score is already on disk, so a rerun continues where this one stopped.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_ignore_sigint)
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        jobs = [pool.apply_async(_append_scores, (proxy_name, todo[k::workers], inputs, targets,
+                                                  out / f"{proxy_name}.w{k}.jsonl", seed, build_kwargs, 1))
+                for k in range(workers)]
+        for job in jobs:
+            job.get()
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def as_float(score: Any) -> float:
