@@ -114,4 +114,5 @@ darts = register("method", "darts")(OneShotMethod(
     paper="Liu, Simonyan & Yang, 'DARTS: Differentiable Architecture Search', ICLR 2019",
     config_cls=DartsConfig,
     search=search,
+    data_parallel=True,
 ))

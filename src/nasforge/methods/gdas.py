@@ -168,4 +168,5 @@ gdas = register("method", "gdas")(OneShotMethod(
     paper="Dong & Yang, 'Searching for A Robust Neural Architecture in Four GPU Hours', CVPR 2019",
     config_cls=GdasConfig,
     search=search,
+    data_parallel=True,
 ))

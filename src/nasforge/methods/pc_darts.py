@@ -160,4 +160,5 @@ pc_darts = register("method", "pc_darts")(OneShotMethod(
     ),
     config_cls=PcDartsConfig,
     search=search,
+    data_parallel=True,
 ))

@@ -19,6 +19,11 @@ optimizer's momentum buffer and weight decay: ``w' = w - xi * (mu * buf + g + wd
 
 Gradients are taken with :func:`torch.autograd.grad` on exactly the tensors a step updates, so
 an architecture step does not compute weight gradients and vice versa.
+
+Data parallelism (:mod:`nasforge.train.distributed`): while a sharding is active, each step
+runs the forward and backward of this process's shards of the global batch only, sums the
+gradients (and the loss) over the ranks in one all-reduce before clipping and the optimizer
+step, and returns the global loss and the gathered logits. Without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import Tensor, nn
 
 from nasforge.errors import NasforgeError
 from nasforge.nn.choice import Path
+from nasforge.train import distributed
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -42,10 +48,23 @@ class SearchDivergedError(NasforgeError, RuntimeError):
 
 def check_finite(loss: Tensor, where: str) -> float:
     """``float(loss)`` or :class:`SearchDivergedError` naming ``where`` (epoch, batch, step kind)."""
-    value = float(loss.detach())
+    return _check_value(float(loss.detach()), where)
+
+
+def _check_value(value: float, where: str) -> float:
     if not math.isfinite(value):
         raise SearchDivergedError(f"search diverged: {where} loss is {value}")
     return value
+
+
+def _sum(parts: Sequence[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.stack(list(parts)).sum()
+
+
+def _summed_over_ranks(grads: Sequence[Tensor], like: Sequence[Tensor], values: Sequence[float] = ()) -> tuple[list[Tensor], list[float]]:
+    """:func:`distributed.sum_across_ranks` of gradients that exist on every rank (zeros, not None)."""
+    out, vals = distributed.sum_across_ranks(grads, like, values)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(out, like)], vals
 
 
 def _grads(loss: Tensor, tensors: Sequence[Tensor], *, create_graph: bool = False) -> list[Tensor]:
@@ -96,6 +115,12 @@ def weight_step_pieces(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for p in params:  # the last step's gradients are not needed any more: free them before the forward
         p.grad = None
+    sharding = distributed.active()
+    if sharding is not None:
+        return _weight_step_sharded(
+            supernet, pieces, optimizer, params, total, sharding, loss_fn=loss_fn, grad_clip=grad_clip, where=where,
+            extra_loss=extra_loss,
+        )
     parts, logits = [], []
     for path, (x, y) in pieces:
         out = supernet(x, path)
@@ -114,11 +139,42 @@ def weight_step_pieces(
     return value, logits[0] if len(logits) == 1 else torch.cat(logits)
 
 
+def _weight_step_sharded(
+    supernet: nn.Module, pieces: Sequence[tuple[Path, Batch]], optimizer: torch.optim.Optimizer,
+    params: list[Tensor], total: int, sharding: distributed.Sharding, *, loss_fn: LossFn, grad_clip: float | None,
+    where: str, extra_loss: Tensor | None,
+) -> tuple[float, Tensor]:
+    """:func:`weight_step_pieces` on this process's shards of every piece, gradients summed over the ranks."""
+    parts, logits = [], []
+    for path, batch in pieces:
+        local = []
+        for (x, y), _ in distributed.local_shards(batch, sharding):
+            out = supernet(x, path)
+            parts.append(loss_fn(out, y) * (y.shape[0] / total))
+            local.append(out.detach())
+        logits.append(local)
+    loss = _sum(parts)
+    if extra_loss is not None:  # every rank adds its share, so the sum over ranks adds it once
+        loss = loss + extra_loss * (len(sharding.local) / sharding.world_size)
+    loss.backward(inputs=params)
+    grads, (value,) = distributed.sum_across_ranks([p.grad for p in params], params, [float(loss.detach())])
+    _check_value(value, where)
+    _assign(params, grads)
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+    optimizer.step()
+    return value, torch.cat([distributed.gather_rows(local) for local in logits])
+
+
 def arch_step(
     supernet: nn.Module, path_fn: Callable[[], Path], batch: Batch, optimizer: torch.optim.Optimizer, *,
     loss_fn: LossFn, where: str, extra_loss_fn: Callable[[], Tensor] | None = None,
 ) -> tuple[float, Tensor]:
     """First-order architecture step: ``grad_alpha L_val(w, alpha)`` on ``batch``; (loss, logits)."""
+    sharding = distributed.active()
+    if sharding is not None:
+        return _arch_step_sharded(supernet, path_fn, batch, optimizer, sharding, loss_fn=loss_fn, where=where,
+                                  extra_loss_fn=extra_loss_fn)
     x, y = batch
     logits = supernet(x, path_fn())
     loss = loss_fn(logits, y)
@@ -131,6 +187,28 @@ def arch_step(
     _assign(params, _grads(loss, params))
     optimizer.step()
     return value, logits.detach()
+
+
+def _arch_step_sharded(
+    supernet: nn.Module, path_fn: Callable[[], Path], batch: Batch, optimizer: torch.optim.Optimizer,
+    sharding: distributed.Sharding, *, loss_fn: LossFn, where: str, extra_loss_fn: Callable[[], Tensor] | None,
+) -> tuple[float, Tensor]:
+    """:func:`arch_step` on this process's shards (one path drawn for all), gradients summed over the ranks."""
+    path = path_fn()
+    parts, local = [], []
+    for (x, y), weight in distributed.local_shards(batch, sharding):
+        out = supernet(x, path)
+        parts.append(loss_fn(out, y) * weight)
+        local.append(out.detach())
+    loss = _sum(parts)
+    if extra_loss_fn is not None:
+        loss = loss + extra_loss_fn() * (len(sharding.local) / sharding.world_size)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads, (value,) = _summed_over_ranks(_grads(loss, params), params, [float(loss.detach())])
+    _check_value(value, where)
+    _assign(params, grads)
+    optimizer.step()
+    return value, distributed.gather_rows(local)
 
 
 def _virtual_update(weights: Sequence[Tensor], grads: Sequence[Tensor], optimizer: torch.optim.Optimizer, xi: float) -> list[Tensor]:
@@ -158,17 +236,28 @@ def unrolled_arch_grads(
     """
     weights = [p for group in w_optimizer.param_groups for p in group["params"]]
     backup = [w.detach().clone() for w in weights]
-    x_t, y_t = train_batch
-    x_v, y_v = valid_batch
+    sharding = distributed.active()
+
+    def loss_on(batch: Batch, path: Path) -> Tensor:
+        if sharding is None:
+            return loss_fn(supernet(batch[0], path), batch[1])
+        # this process's shards; every gradient below is then summed over the ranks
+        return _sum([loss_fn(supernet(x, path), y) * w for (x, y), w in distributed.local_shards(batch, sharding)])
+
     try:
-        g_train = _grads(loss_fn(supernet(x_t, path_fn()), y_t), weights)
+        g_train, _ = _summed_over_ranks(_grads(loss_on(train_batch, path_fn()), weights), weights)
         with torch.no_grad():
             # the parameters themselves (not the backups): momentum buffers are keyed by them
             for w, new in zip(weights, _virtual_update(weights, g_train, w_optimizer, xi)):
                 w.copy_(new)
-        loss_val = loss_fn(supernet(x_v, path_fn()), y_v)
-        value = check_finite(loss_val, where)
-        g_all = _grads(loss_val, [*arch_params, *weights])
+        loss_val = loss_on(valid_batch, path_fn())
+        if sharding is None:
+            value = check_finite(loss_val, where)
+            g_all = _grads(loss_val, [*arch_params, *weights])
+        else:
+            both = [*arch_params, *weights]
+            g_all, (summed_val,) = _summed_over_ranks(_grads(loss_val, both), both, [float(loss_val.detach())])
+            value = _check_value(summed_val, where)
         d_alpha, d_w = g_all[: len(arch_params)], g_all[len(arch_params):]
         norm = math.sqrt(sum(float((g * g).sum()) for g in d_w))
         eps = r / norm if norm > 0 else 0.0
@@ -177,10 +266,14 @@ def unrolled_arch_grads(
             with torch.no_grad():
                 for w, b, d in zip(weights, backup, d_w):
                     w.copy_(b + sign * eps * d)
-            return _grads(loss_fn(supernet(x_t, path_fn()), y_t), arch_params)
+            return _grads(loss_on(train_batch, path_fn()), arch_params)
 
         if eps > 0:
             g_pos, g_neg = alpha_grad_at(1.0), alpha_grad_at(-1.0)
+            if sharding is not None:
+                k = len(arch_params)
+                g_both, _ = _summed_over_ranks([*g_pos, *g_neg], [*arch_params, *arch_params])
+                g_pos, g_neg = g_both[:k], g_both[k:]
             hvp = [(p - n) / (2 * eps) for p, n in zip(g_pos, g_neg)]
         else:
             hvp = [torch.zeros_like(a) for a in arch_params]
