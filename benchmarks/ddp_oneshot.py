@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import _children  # benchmarks/_children.py: children stopped with the script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,7 @@ def run(label: str, out: Path, args: list[str], *, ranks: int, simulate: bool, t
 
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    proc = subprocess.run([*launcher, "-m", "nasforge", "search", *args, "--out", str(run_dir)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = _children.run([*launcher, "-m", "nasforge", "search", *args, "--out", str(run_dir)], env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _children  # benchmarks/_children.py: children stopped with the script
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers"
 KNOWN_IMPLS = ("nasforge", "nni", "xautodl", "plain")
@@ -86,7 +88,7 @@ def run_worker(cmd: list[str], timeout: float) -> dict[str, Any]:
     env = {**os.environ, **THREAD_ENV}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = _children.run(cmd, cwd=ROOT, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s", "process_s": round(time.perf_counter() - t0, 2)}
     elapsed = round(time.perf_counter() - t0, 2)

@@ -93,3 +93,32 @@ def test_the_proxy_scoring_pool_stops_with_its_parent(tmp_path: Path, data_kit: 
         if proc.poll() is None:
             proc.kill()
         log.close()
+
+
+SCRIPT_WITH_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import _children
+
+    print("started", flush=True)
+    _children.run([sys.executable, "-c", "import subprocess, sys, time; "
+                   "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"])
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_benchmark_children_die_with_the_script(sig):
+    """benchmarks/_children.run (torchrun in ddp_oneshot.py, the peers in oneshot_speed.py): a
+    signal to the script kills the child's whole process group, grandchildren included."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT_WITH_CHILD, str(bench)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    deadline = time.time() + 30
+    while time.time() < deadline and len(_descendants(proc.pid)) < 2:
+        time.sleep(0.1)
+    family = _descendants(proc.pid)
+    assert len(family) >= 2
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    time.sleep(0.5)
+    assert _alive(family) == [], f"left running: {_alive(family)}"
