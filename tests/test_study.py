@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -37,7 +39,10 @@ def test_trials_round_trip_and_interrupted_trials_are_recovered(storage):
     s.finish(t0, 91.5, {"val_acc": 91.5, "params": 1234.0}, cost=2.5)
     t1 = s.start("c-c-c")
     s.fail(t1, "boom")
-    s.start("b-b-b")  # left RUNNING, as by a killed process
+    # a process that dies with a trial RUNNING (os._exit: no clean-up runs)
+    code = ("import os, sys; from nasforge.study import Study; "
+            "Study(sys.argv[1], name=sys.argv[2]).start('b-b-b'); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code, storage, name]).returncode == 9
     again = Study(storage, name=name)  # a new process opens the same study
     assert again.recover_interrupted() == 1
     assert again.recover_interrupted() == 0

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reduced budget: at most this many search steps per epoch")
     g.add_argument("--checkpoint-every", type=int, default=S, help="search steps between checkpoints (default 100)")
     g.add_argument("--channels-last", action="store_true", default=S, help="run the supernet in channels-last format")
+    p.add_argument("--tensorboard", action="store_true", default=S,
+                   help="write TensorBoard scalars (one-shot search epochs, final training) to OUT/tensorboard "
+                        "(needs `pip install tensorboard`)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--evaluator", default=S, choices=("train", "table", "proxy"),
                    help="train each candidate (default), look it up in the NB201 table (--table), "
@@ -154,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-final-train", dest="final_train", action="store_false", default=S,
                    help="skip retraining and export of the best architecture")
     p.add_argument("--storage", default=S, help="Optuna storage URL (default: sqlite file study.db in the run directory)")
+    g = p.add_argument_group("workers (multi-trial methods)")
+    g.add_argument("--workers", type=int, default=S,
+                   help="worker processes on this machine asking, evaluating and telling one study (default 1); "
+                        "with --executor ray, trials evaluated at once as Ray tasks")
+    g.add_argument("--study-name", default=S,
+                   help="study name in --storage; workers on other machines join with the same --storage and "
+                        "--study-name (default: derived from the run directory)")
+    g.add_argument("--max-retries", type=int, default=S,
+                   help="times an architecture is evaluated again after its worker died (default 3)")
+    g.add_argument("--heartbeat-seconds", type=int, default=S,
+                   help="heartbeat interval of running trials; 3 missed beats mark a worker dead (default 10)")
+    g.add_argument("--executor", default=S, choices=("local", "ray"),
+                   help="where trials are evaluated: local worker processes (default) or Ray tasks")
+    g.add_argument("--ray-address", default=S,
+                   help="Ray cluster to join (e.g. auto, or ray://host:10001); default: start a local Ray instance")
+    g.add_argument("--ray-cpus", type=float, default=S, help="CPUs each Ray trial task requests (default 1)")
+    g.add_argument("--ray-gpus", type=float, default=S, help="GPUs each Ray trial task requests (default 0)")
     _run_options(p)
 
     p = sub.add_parser("train", help="train one architecture from scratch and export it",
@@ -167,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field, e.g. cutout=16 (repeatable)")
     p.add_argument("--epochs", type=int, default=S, help="epochs (recipe override)")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", default=S, help="skip the ONNX export")
+    p.add_argument("--tensorboard", action="store_true", default=S,
+                   help="write TensorBoard scalars (loss, accuracy, lr per epoch) to OUT/tensorboard/final "
+                        "(needs `pip install tensorboard`)")
     _run_options(p)
 
     p = sub.add_parser("evaluate", help="evaluate an exported model on a data set's test split")
@@ -221,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a run's results")
     p.add_argument("run_dir", help="run directory of a search or train command")
     p.add_argument("--top", type=int, default=10, help="how many of the best trials to list")
+
+    p = sub.add_parser("report", help="write a run's results as one self-contained HTML page",
+                       description="Write one HTML file (plots inlined, no external links or scripts) with the "
+                                   "best-so-far curve, the Pareto front, the found cell drawn, the architecture "
+                                   "weights over epochs of one-shot methods, params / FLOPs / latency, the "
+                                   "resolved config and the environment.")
+    p.add_argument("run_dir", help="run directory of a search or train command")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN_DIR/report.html)")
     return parser
 
 
@@ -258,6 +289,10 @@ def cmd_search(ns: argparse.Namespace) -> int:
         opts["final_overrides"] = {**opts.get("final_overrides", {}), "epochs": opts.pop("final_epochs")}
     cfg = SearchConfig.from_dict(opts)
     outcome = run_search(cfg, progress=not ns.no_progress)
+    from nasforge.train.distributed import env_rank
+
+    if env_rank() != 0:  # torchrun: rank 0 prints the summary
+        return 0
     _print_search_summary(json.loads((outcome.run_dir / "results.json").read_text()), top=5)
     print(f"\nrun directory: {outcome.run_dir}  ({outcome.seconds:.0f} s)")
     return 0
@@ -370,6 +405,14 @@ def cmd_show(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    from nasforge.report import write_report
+
+    path = write_report(ns.run_dir, ns.out)
+    print(f"report: {path}")
+    return 0
+
+
 def _print_search_summary(res: dict[str, Any], top: int) -> None:
     from nasforge.experiment import parse_objective
 
@@ -435,7 +478,7 @@ def _print_rows(header: list[str], rows: list[list[str]]) -> None:
 
 COMMANDS = {"search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate,
             "spaces": cmd_spaces, "methods": cmd_methods, "proxies": cmd_proxies, "bench": cmd_bench,
-            "show": cmd_show}
+            "show": cmd_show, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,11 +16,13 @@ and a durable study together:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from nasforge.searchers.base import Result, Searcher
 from nasforge.spaces.base import SearchSpace
 
 EVALUATORS = ("train", "table", "proxy")
+EXECUTORS = ("local", "ray")
 SPLITS = ("random", "nb201")
 COST_METRICS = ("params", "flops", "macs", "latency_ms")  # known before training; checked before evaluation
 
@@ -55,6 +58,7 @@ class SearchConfig:
     max_batches_per_epoch: int | None = None  # one-shot methods: a reduced budget of steps per search epoch
     checkpoint_every: int = 100  # one-shot methods: steps between search checkpoints (one at every epoch end too)
     channels_last: bool = False  # one-shot methods: channels-last memory format for the supernet
+    tensorboard: bool = False  # write TensorBoard scalars of one-shot search epochs and the final training to OUT/tensorboard
     data: str = "digits"  # digits (built in), cifar10 (official batches), folder (ImageFolder layout)
     data_root: str | None = None  # directory of cifar10 / folder data
     image_size: int | None = None  # resize folder images to this size
@@ -76,10 +80,20 @@ class SearchConfig:
     final_train: bool | None = None  # retrain the best at the end (default: yes for evaluator=train)
     out: str = "runs/search"  # run directory
     storage: str | None = None  # Optuna storage URL (default: sqlite file in the run directory)
+    study_name: str | None = None  # study name in the storage (default: from the run directory); other machines join with it
+    workers: int = 1  # worker processes on this machine driving the study (with executor=ray: Ray trials at once)
+    max_retries: int = 3  # evaluations again of an architecture whose worker died, before it counts as failed
+    heartbeat_seconds: int = 10  # heartbeat interval of running trials; 3 missed beats mark a worker dead
+    executor: str = "local"  # local (worker processes) or ray (each trial a Ray task)
+    ray_address: str | None = None  # Ray cluster address (default: a local Ray instance)
+    ray_cpus: float = 1.0  # CPUs each Ray trial task requests
+    ray_gpus: float = 0.0  # GPUs each Ray trial task requests
     device: str = "cpu"
 
     # Fields that may change between a run and its resumption without changing the search.
-    RESUMABLE = ("trials", "out", "storage", "device", "final_recipe", "final_overrides", "final_train", "checkpoint_every")
+    RESUMABLE = ("trials", "out", "storage", "device", "final_recipe", "final_overrides", "final_train", "checkpoint_every",
+                 "tensorboard", "workers", "max_retries", "heartbeat_seconds", "executor", "ray_address", "ray_cpus",
+                 "ray_gpus")
 
     def validate(self) -> None:
         require_choice("method", self.method, registry.names("method"))
@@ -118,9 +132,37 @@ class SearchConfig:
                 or self.max_batches_per_epoch <= 0
             ):
                 raise BudgetError(f"max_batches_per_epoch must be a positive int, got {self.max_batches_per_epoch!r}")
+        else:
+            from nasforge.train.distributed import env_world_size
+
+            if env_world_size() > 1:
+                raise ConfigError(
+                    f"the multi-trial method {self.method!r} does not run under torchrun (WORLD_SIZE="
+                    f"{env_world_size()}): torchrun runs one-shot methods data-parallel"
+                )
         self.objectives()
         for c in self.constraints:
             parse_constraint(c)
+        require_choice("executor", self.executor, EXECUTORS)
+        for name in ("workers", "heartbeat_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BudgetError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise BudgetError(f"max_retries must be an integer >= 0, got {self.max_retries!r}")
+        for name in ("ray_cpus", "ray_gpus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise BudgetError(f"{name} must be a number >= 0, got {value!r}")
+        if self.one_shot() and (self.workers != 1 or self.executor != "local"):
+            raise ConfigError(
+                f"--workers/--executor drive multi-trial studies; the one-shot method {self.method!r} trains one "
+                "supernet: run it data-parallel under torchrun instead (see docs/architecture.md)"
+            )
+        if self.tensorboard:
+            from nasforge.train.scalars import require_tensorboard
+
+            require_tensorboard()
 
     def one_shot(self) -> bool:
         """Whether the method is a weight-sharing (one-shot) method rather than a multi-trial searcher."""
@@ -228,7 +270,14 @@ def parse_constraint(text: str) -> Constraint:
 
 
 def prepare_run_dir(out: Path, config: dict[str, Any], resumable: tuple[str, ...]) -> bool:
-    """Create ``out`` with ``config.json`` or check a previous one; return True when resuming."""
+    """Create ``out`` with ``config.json`` or check a previous one; return True when resuming.
+
+    Under torchrun only rank 0 writes (and checks) the run directory.
+    """
+    from nasforge.train.distributed import env_rank
+
+    if env_rank() != 0:
+        return (out / "config.json").exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"
     if path.exists():
@@ -251,9 +300,25 @@ def prepare_run_dir(out: Path, config: dict[str, Any], resumable: tuple[str, ...
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Write ``obj`` as JSON to ``path`` atomically; several processes may write the same file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---- search ----------------------------------------------------------------------------------
@@ -296,6 +361,8 @@ class _Feasibility:
         from nasforge.hardware.cost import measure
 
         key = self.space.format(arch)
+        if key not in self.cache and self.cache_path is not None and self.cache_path.exists():
+            self.cache.update(json.loads(self.cache_path.read_text()))  # another worker may have measured it
         if key not in self.cache:
             net = self.space.build(arch, num_classes=self.num_classes, in_channels=self.input_shape[0], **self.build_kwargs)
             cost = measure(net, self.input_shape).as_dict()
@@ -455,9 +522,8 @@ def _needed_cost_metrics(cfg: SearchConfig, searcher: Searcher) -> frozenset[str
 
 
 def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
-    """Run (or resume) a multi-trial search as described in the module docstring."""
+    """Run (or resume, or join) a multi-trial search as described in the module docstring."""
     from nasforge import get_space
-    from nasforge.study import Study, TrialRecord
 
     cfg.validate()
     t0 = time.perf_counter()
@@ -467,101 +533,99 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
         prepare_run_dir(out, cfg.public_dict(), SearchConfig.RESUMABLE)
         return _run_one_shot(cfg, space, out, t0, progress=progress, log=log)
     objectives = cfg.objectives()
-    objective = objectives[0]
     constraints = [parse_constraint(c) for c in cfg.constraints]
     searcher = make_searcher(cfg, space, log)  # every check that can fail, before the run directory is written
     resuming = prepare_run_dir(out, cfg.public_dict(), SearchConfig.RESUMABLE)
+    if cfg.executor == "ray":
+        from nasforge.study.ray_executor import check_ray
 
-    evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
-    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, out / "costs.json",
-                            extra=_needed_cost_metrics(cfg, searcher))
-    # An external storage (e.g. PostgreSQL) may hold many searches: name the study by its run directory.
-    study = Study(cfg.storage, name=f"nasforge:{out.resolve()}") if cfg.storage else Study(out / "study.db")
-    interrupted = study.recover_interrupted()
-    done = study.completed()
-    n_resumed = len(done)
-    for rec in done:  # replay: the searcher reaches the state it had after these trials
-        arch = _ask_feasible(searcher, feasible, constraints)
-        if space.format(arch) != rec.arch or searcher.fidelity() != rec.fidelity:
-            raise IncompatibleRunError(
-                f"replaying trial {rec.number}: the searcher now proposes {space.format(arch)} at fidelity "
-                f"{searcher.fidelity():g} but the study recorded {rec.arch} at {rec.fidelity:g}; the study in "
-                f"{study.public_url} was made by different code or options"
-            )
-        searcher.tell(arch, rec.fitness, dict(rec.metrics))
-    if resuming or done:
-        log(f"resuming {out}: {len(done)} finished trial(s) kept" + (f", {interrupted} interrupted re-run" if interrupted else ""))
-
+        check_ray()
     bar = None
-    if progress:
-        from tqdm import tqdm
+    pool: Any = None
+    with contextlib.ExitStack() as stack:
+        try:
+            if cfg.executor == "local" and cfg.workers > 1:
+                from nasforge.study.pool import WorkerPool
 
-        bar = tqdm(total=cfg.trials, initial=min(len(done), cfg.trials), desc=f"{cfg.method} on {cfg.space}", unit="trial")
-    best = max(done, key=_rank, default=None)
-    n_done = len(done)
-    broken: dict[str, int] = {}  # constraint on evaluator metrics -> finished trials it made infeasible
-    try:
-        while n_done < cfg.trials:
-            arch = _ask_feasible(searcher, feasible, constraints)
-            fidelity = searcher.fidelity()
-            text = space.format(arch)
-            trial = study.start(text, fidelity)
-            try:
-                result = evaluator(arch, fidelity) if fidelity != 1.0 else evaluator(arch)
-            except KeyboardInterrupt:
-                study.fail(trial, "interrupted")
-                raise
-            except Exception as e:
-                study.fail(trial, f"{type(e).__name__}: {e}")
-                raise
-            metrics = dict(result.metrics)
-            if feasible.pre or feasible.extra:
-                metrics.update({k: v for k, v in feasible.cost(arch).items() if k not in metrics})
-            fitness = _fitness(metrics, objective, constraints)
-            for c in _broken(metrics, constraints):
-                broken[str(c)] = broken.get(str(c), 0) + 1
-            study.finish(trial, fitness, metrics, result.cost)
-            searcher.tell(arch, fitness, metrics)
-            n_done += 1
-            # track the best in memory: re-reading every trial from storage each step is O(n^2)
-            record = TrialRecord(trial.number, text, fitness, metrics, result.cost, fidelity)
-            if best is None or _rank(record) > _rank(best):
-                best = record
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({objective[0]: f"{best.metrics.get(objective[0], float('nan')):.4g}"})
-    except KeyboardInterrupt:
-        raise SearchInterrupted(
-            f"interrupted; {n_done} finished trial(s) are saved in {out}. Rerun the same command to resume."
-        ) from None
-    finally:
-        if bar is not None:
-            bar.close()
+                _share_threads(cfg.workers)
+                # started first: they import, load the data and replay the study while this process does too
+                pool = stack.enter_context(WorkerPool("nasforge.experiment:search_worker_main", cfg.to_dict(),
+                                                      cfg.workers - 1, log=log))
+            worker, evaluation = _make_worker(cfg, space, searcher, log)
+            study = worker.study
+            with study.lock():
+                interrupted = study.reap_dead()
+                n_resumed = worker.sync().told
+            if pool is not None:
+                _wait_until_ready(study, pool, log)
+            if resuming or n_resumed:
+                log(f"resuming {out}: {n_resumed} finished trial(s) kept"
+                    + (f", {interrupted} interrupted trial(s) to run again" if interrupted else ""))
+            if progress:
+                from tqdm import tqdm
+
+                bar = stack.enter_context(tqdm(total=cfg.trials, initial=min(n_resumed, cfg.trials),
+                                               desc=f"{cfg.method} on {cfg.space}", unit="trial"))
+
+                def show(told: int) -> None:
+                    if bar is not None and told != bar.n:
+                        bar.n = min(told, cfg.trials)
+                        bar.refresh()
+
+                worker.on_progress = show
+            if cfg.executor == "ray":
+                from nasforge.study.ray_executor import run_ray_workers
+
+                run_ray_workers(
+                    n=cfg.workers, address=cfg.ray_address, cpus=cfg.ray_cpus, gpus=cfg.ray_gpus, workers=[worker],
+                    make_worker=lambda: _make_worker(cfg, space, make_searcher(cfg, space, _quiet), log)[0],
+                    build=ray_evaluation,
+                    # what a trial task needs: not the storage URL (and its password)
+                    cfg={**cfg.to_dict(), "storage": None, "_extra": sorted(_needed_cost_metrics(cfg, searcher))},
+                    log=log,
+                )
+            else:
+                worker.run()
+        except KeyboardInterrupt:
+            saved = open_study(cfg)
+            n_done = len(saved.completed()) + len(saved.failed())
+            raise SearchInterrupted(
+                f"interrupted; {n_done} finished trial(s) are saved in {out}. Rerun the same command to resume."
+            ) from None
+    records = study.completed()
+    failed = study.failed()
+    if failed:
+        log(f"{len(failed)} trial(s) failed (reasons in results.json), e.g. trial {failed[0]['trial']}: {failed[0]['reason']}")
+    best = max(records, key=_rank, default=None)
     if best is None or not math.isfinite(best.fitness):
-        counts = ", ".join(f"{n} broke {c}" for c, n in sorted(broken.items())) or "none counted in this run"
+        broken: dict[str, int] = {}
+        for r in records:
+            for c in _broken(r.metrics, constraints):
+                broken[str(c)] = broken.get(str(c), 0) + 1
+        counts = ", ".join(f"{n} broke {c}" for c, n in sorted(broken.items())) or "none"
         raise BudgetError(
-            f"no finished trial satisfies the constraints {cfg.constraints} ({n_done} trials; {counts}; "
-            f"proposals rejected before evaluation: {feasible.rejected_text()})"
+            f"no finished trial satisfies the constraints {cfg.constraints} ({len(records)} trials; {counts}; "
+            + (f"{len(failed)} failed, e.g. {failed[0]['reason']}; " if failed else "")
+            + f"proposals rejected before evaluation: {evaluation.feasible.rejected_text()})"
         )
     best_arch = space.parse(best.arch)
 
     final: dict[str, Any] | None = None
     if cfg.final_train if cfg.final_train is not None else cfg.evaluator != "table":
-        if data is None:
-            data = _load_data(cfg)
+        data = evaluation.data if evaluation.data is not None else _load_data(cfg)
         final = train_and_export(
             space, best_arch, data, recipe_name=cfg.final_recipe, overrides=cfg.final_overrides,
             build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log,
+            tensorboard=cfg.tensorboard,
         )
     outcome = SearchOutcome(
-        run_dir=out, best_arch=best.arch, best_metrics=best.metrics, trials=n_done,
+        run_dir=out, best_arch=best.arch, best_metrics=best.metrics, trials=len(records) + len(failed),
         resumed_trials=n_resumed,
         final=final, seconds=time.perf_counter() - t0,
     )
-    records = study.completed()
     _write_json(out / "results.json", {
         "kind": "search",
-        "config": cfg.to_dict(),
+        "config": cfg.public_dict(),
         "objective": cfg.resolved_objective(),
         "objectives": [f"{'max' if sign > 0 else 'min'}:{m}" for m, sign in objectives],
         "pareto_front": _pareto_front(records, objectives) if len(objectives) > 1 else None,
@@ -570,10 +634,135 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
                  "table": _table_lookup(cfg, space, best_arch)},
         "final": final,
         "trials": [dataclasses.asdict(r) for r in records],
-        "study": {"storage": study.public_url, "counts": study.counts()},
+        "failed": failed,
+        "study": {"storage": study.public_url, "name": study.name, "counts": study.counts()},
+        "workers": {"processes": cfg.workers, "executor": cfg.executor, "this_process": dataclasses.asdict(worker.stats)},
         "seconds_this_run": outcome.seconds,
     })
+    study.close()
     return outcome
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+@dataclass
+class _Evaluation:
+    """How one worker turns an architecture into an :class:`~nasforge.study.worker.Outcome`."""
+
+    evaluator: Callable[..., Result]
+    feasible: _Feasibility
+    objective: tuple[str, int]
+    constraints: list[Constraint]
+    data: Any
+
+    def __call__(self, arch: Arch, fidelity: float) -> Any:
+        from nasforge.study.worker import Outcome, TrialFailed
+
+        result = self.evaluator(arch, fidelity) if fidelity != 1.0 else self.evaluator(arch)
+        metrics = dict(result.metrics)
+        if self.feasible.pre or self.feasible.extra:
+            metrics.update({k: v for k, v in self.feasible.cost(arch).items() if k not in metrics})
+        metric = self.objective[0]
+        if metric in metrics and math.isnan(metrics[metric]):
+            raise TrialFailed(f"the objective {metric} is NaN (diverged training?)", metrics)
+        return Outcome(_fitness(metrics, self.objective, self.constraints), metrics, result.cost)
+
+
+def _make_evaluation(cfg: SearchConfig, space: SearchSpace, extra: frozenset[str]) -> _Evaluation:
+    constraints = [parse_constraint(c) for c in cfg.constraints]
+    evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
+    feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, Path(cfg.out) / "costs.json",
+                            extra=extra)
+    return _Evaluation(evaluator, feasible, cfg.objectives()[0], constraints, data)
+
+
+def ray_evaluation(cfg_dict: dict[str, Any]) -> tuple[SearchSpace, _Evaluation]:
+    """The space and evaluation of a search, built inside a Ray worker (``--executor ray``)."""
+    from nasforge import get_space
+
+    cfg_dict = dict(cfg_dict)
+    extra = frozenset(cfg_dict.pop("_extra", ()))
+    cfg = SearchConfig.from_dict(cfg_dict)
+    space = get_space(cfg.space, **cfg.space_kwargs)
+    return space, _make_evaluation(cfg, space, extra)
+
+
+def open_study(cfg: SearchConfig) -> Any:
+    """The study of a search: ``study.db`` in the run directory, or ``--study-name`` (default: named
+    after the run directory) in ``--storage``, where several searches may live."""
+    from nasforge.study import Study
+
+    out = Path(cfg.out)
+    if cfg.storage:
+        return Study(cfg.storage, name=cfg.study_name or f"nasforge:{out.resolve()}",
+                     heartbeat_seconds=cfg.heartbeat_seconds, lock_dir=out)
+    return Study(out / "study.db", name=cfg.study_name or "nasforge", heartbeat_seconds=cfg.heartbeat_seconds)
+
+
+def _make_worker(cfg: SearchConfig, space: SearchSpace, searcher: Searcher,
+                 log: Callable[[str], None]) -> tuple[Any, _Evaluation]:
+    """A study worker for this process, and its evaluation."""
+    from nasforge.study.worker import StudyWorker
+
+    evaluation = _make_evaluation(cfg, space, _needed_cost_metrics(cfg, searcher))
+    study = open_study(cfg)
+    worker = StudyWorker(
+        study, searcher, format_arch=space.format,
+        ask=lambda: _ask_feasible(searcher, evaluation.feasible, evaluation.constraints),
+        evaluate=evaluation, trials=cfg.trials, max_retries=cfg.max_retries,
+        poll_seconds=min(1.0, float(cfg.heartbeat_seconds)), log=log,
+    )
+    return worker, evaluation
+
+
+_READY_SECONDS = 300.0
+
+
+def _wait_until_ready(study: Any, pool: Any, log: Callable[[str], None]) -> None:
+    """Wait (at most five minutes) until the pool's workers have caught up with the study, so that
+    all N start evaluating together (data loading and the replay take a while in each)."""
+    deadline = time.perf_counter() + _READY_SECONDS
+    want = {f"ready:{pool.token}:{i}" for i in range(1, pool.n + 1)}
+    while time.perf_counter() < deadline and pool.alive():
+        if want <= set(study.attrs()):
+            return
+        time.sleep(0.2)
+    missing = sorted(want - set(study.attrs()))
+    if missing:
+        log(f"starting without {len(missing)} worker(s) that are not ready (they join when they are)")
+
+
+def search_worker_main(cfg_dict: dict[str, Any], index: int, token: str = "") -> None:
+    """Entry point of an extra worker process of ``--workers N`` (also usable on its own)."""
+    from nasforge import get_space
+
+    cfg = SearchConfig.from_dict(cfg_dict)
+    _share_threads(cfg.workers)
+    space = get_space(cfg.space, **cfg.space_kwargs)
+    searcher = make_searcher(cfg, space, _quiet)
+
+    def log(message: str) -> None:
+        print(f"[worker {index}] {message}", flush=True)
+
+    worker, _ = _make_worker(cfg, space, searcher, log)
+    try:
+        with worker.study.lock():
+            worker.sync()
+        if token:
+            worker.study.set_attr(f"ready:{token}:{index}", os.getpid())
+        worker.run()
+    finally:
+        worker.study.close()
+
+
+def _share_threads(workers: int) -> None:
+    """Give each of ``workers`` processes its share of the cores (torch would take them all in each)."""
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def _rank(record: Any) -> tuple[float, float, float]:
@@ -599,23 +788,45 @@ def _run_one_shot(
 ) -> SearchOutcome:
     """A weight-sharing search: one supernet trained by the method, checkpointed in ``out/search``."""
     from nasforge.train.oneshot import OneShotContext, OneShotMethod
+    from nasforge.train.scalars import tensorboard_logger
 
     method: OneShotMethod = registry.get("method", cfg.method)
     data = _load_data(cfg)
     train_set, valid_set = _search_splits(cfg, data)
+    from nasforge.train import distributed
+
+    # torchrun (WORLD_SIZE > 1) or NASFORGE_SIMULATE_RANKS: a data-parallel search; rank 0 logs and writes
+    sharding, device = distributed.setup(cfg.device)
+    main = sharding is None or sharding.is_main
+    if not main:
+        log, progress = (lambda _: None), False
+    scalars = tensorboard_logger(out / "tensorboard" / "search", cfg.tensorboard and main)
     ctx = OneShotContext(
         space=space, train_set=train_set, valid_set=valid_set, num_classes=data.num_classes,
-        input_shape=data.input_shape(), supernet_kwargs=dict(cfg.supernet_kwargs), seed=cfg.seed, device=cfg.device,
+        input_shape=data.input_shape(), supernet_kwargs=dict(cfg.supernet_kwargs), seed=cfg.seed, device=device,
         run_dir=out / "search", checkpoint_every=cfg.checkpoint_every, max_batches_per_epoch=cfg.max_batches_per_epoch,
-        channels_last=cfg.channels_last, log=log, progress=progress,
+        channels_last=cfg.channels_last, log=log, progress=progress, on_epoch=scalars,
     )
     log(f"{cfg.method} on {cfg.space}: {len(train_set)} train / {len(valid_set)} validation images")
+    if sharding is not None:
+        log(f"data parallel: {sharding.world_size} ranks ({sharding.backend or 'simulated in one process'})")
     try:
         result = method(ctx, **cfg.method_kwargs)
+        if sharding is not None:  # a collective: fails unless every rank derived the same architecture
+            result.info["data_parallel"] = distributed.agree(space.format(result.arch), result.strengths)
     except KeyboardInterrupt:
         raise SearchInterrupted(
             f"interrupted; the search checkpoint in {out / 'search'} is kept. Rerun the same command to resume."
         ) from None
+    finally:
+        distributed.shutdown()
+        if scalars is not None:
+            scalars.close()
+    if not main:  # rank 0 looks up, retrains, exports and writes results.json
+        return SearchOutcome(
+            run_dir=out, best_arch=space.format(result.arch), best_metrics={}, trials=0, resumed_trials=0, final=None,
+            seconds=time.perf_counter() - t0,
+        )
     history = result.history
     table: dict[str, float] | None = None
     if cfg.table:  # the NB201 protocol: the true accuracy of the derived cell, and of each epoch's
@@ -631,6 +842,7 @@ def _run_one_shot(
         final = train_and_export(
             space, result.arch, data, recipe_name=cfg.final_recipe, overrides=cfg.final_overrides,
             build_kwargs=cfg.build_kwargs, seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log,
+            tensorboard=cfg.tensorboard,
         )
     arch_text = space.format(result.arch)
     _write_json(out / "results.json", {
@@ -726,17 +938,19 @@ def _stratified_subset(dataset: Any, size: int, seed: int) -> Any:
 def train_and_export(
     space: SearchSpace, arch: Arch, data: Any, *, recipe_name: str, overrides: dict[str, Any],
     build_kwargs: dict[str, Any], seed: int, device: str, out: Path, progress: bool,
-    log: Callable[[str], None] = print, onnx: bool = True,
+    log: Callable[[str], None] = print, onnx: bool = True, tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``data.train``, test on ``data.test``, export to ``out/model``.
 
-    Checkpoints go to ``out/final``; rerunning after an interruption resumes the training.
+    Checkpoints go to ``out/final``; rerunning after an interruption resumes the training. With
+    ``tensorboard``, per-epoch loss, accuracy and learning rate go to ``out/tensorboard/final``.
     """
     import torch
 
     from nasforge.export import export_onnx, save_model
     from nasforge.hardware.cost import measure
     from nasforge.train.recipes import get_recipe
+    from nasforge.train.scalars import tensorboard_logger
     from nasforge.train.trainer import train
 
     recipe = get_recipe(recipe_name, **overrides)
@@ -745,10 +959,16 @@ def train_and_export(
     net = space.build(arch, **kwargs)
     cost = measure(net, data.input_shape())
     log(f"training {space.format(arch)} for {recipe.epochs} epoch(s) ({recipe_name} recipe)")
-    result = train(
-        net, data.train, recipe, eval_set=data.test, checkpoint_dir=out / "final",
-        meta={"arch": space.format(arch), "space": space.name}, seed=seed, device=device, progress=progress,
-    )
+    scalars = tensorboard_logger(out / "tensorboard" / "final", tensorboard)
+    try:
+        result = train(
+            net, data.train, recipe, eval_set=data.test, checkpoint_dir=out / "final",
+            meta={"arch": space.format(arch), "space": space.name}, seed=seed, device=device, progress=progress,
+            on_epoch=scalars,
+        )
+    finally:
+        if scalars is not None:
+            scalars.close()
     model_dir = save_model(net, out / "model", space=space, arch=arch, build_kwargs=kwargs)
     onnx_path = None
     if onnx:
@@ -788,8 +1008,9 @@ class TrainConfig:
     out: str = "runs/train"
     device: str = "cpu"
     onnx: bool = True
+    tensorboard: bool = False  # write TensorBoard scalars of the training (loss, accuracy, lr) to OUT/tensorboard
 
-    RESUMABLE = ("out", "device", "onnx")
+    RESUMABLE = ("out", "device", "onnx", "tensorboard")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -810,12 +1031,17 @@ def run_train(cfg: TrainConfig, *, progress: bool = True, log: Callable[[str], N
     space: SearchSpace = get_space(cfg.space, **cfg.space_kwargs)
     arch = space.parse(cfg.arch)
     get_recipe(cfg.recipe, **cfg.recipe_overrides)  # validate before touching the run directory
+    if cfg.tensorboard:
+        from nasforge.train.scalars import require_tensorboard
+
+        require_tensorboard()
     out = Path(cfg.out)
     prepare_run_dir(out, {**cfg.to_dict(), "arch": space.format(arch)}, TrainConfig.RESUMABLE)
     data = load_data_for(cfg.data, cfg.data_root, cfg.image_size)
     final = train_and_export(
         space, arch, data, recipe_name=cfg.recipe, overrides=cfg.recipe_overrides, build_kwargs=cfg.build_kwargs,
         seed=cfg.seed, device=cfg.device, out=out, progress=progress, log=log, onnx=cfg.onnx,
+        tensorboard=cfg.tensorboard,
     )
     _write_json(out / "results.json", {"kind": "train", "config": cfg.to_dict(), "final": final})
     return final

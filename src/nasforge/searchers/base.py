@@ -30,6 +30,10 @@ Class attributes a searcher sets to tell the loop and the conformance suite what
   reads them from ``metrics`` (NSGA-II);
 * ``uses_fitness``: False for a searcher that learns from its own reward computed from the
   metrics (MnasNet's ACC x (LAT/T)^w): the loop then refuses ``--objective`` settings it would ignore;
+* ``concurrent_asks``: False for a searcher that needs each proposal's result before the next
+  ask (successive halving fills its rungs in order); several workers of a study then run its
+  trials one at a time. True (the default) lets workers hold several proposals at once, told
+  in any order, as the asynchronous searches of the papers did (Regularized Evolution, NAS-RL);
 * ``smoke_options``: small settings for fast smoke runs (tests, ``nasforge bench strategies --smoke``).
 """
 
@@ -69,6 +73,7 @@ class Searcher(abc.ABC):
     multi_fidelity: ClassVar[bool] = False
     multi_objective: ClassVar[bool] = False
     uses_fitness: ClassVar[bool] = True
+    concurrent_asks: ClassVar[bool] = True
     smoke_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, space: SearchSpace, *, seed: int = 0) -> None:

@@ -128,6 +128,7 @@ class BOHB(Searcher):
         "Falkner, Klein & Hutter, BOHB: Robust and Efficient Hyperparameter Optimization at Scale, ICML 2018"
     )
     multi_fidelity: ClassVar[bool] = True
+    concurrent_asks: ClassVar[bool] = False  # a rung is promoted from its told results, in order
     smoke_options: ClassVar[dict[str, Any]] = {"min_fidelity": 1.0, "num_samples": 16}
 
     def __init__(

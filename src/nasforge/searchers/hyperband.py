@@ -188,6 +188,7 @@ class Hyperband(Searcher):
         "Hyperparameter Optimization, JMLR 2018"
     )
     multi_fidelity: ClassVar[bool] = True
+    concurrent_asks: ClassVar[bool] = False  # a rung is promoted from its told results, in order
     smoke_options: ClassVar[dict[str, Any]] = {"eta": 3, "min_fidelity": 1 / 9}
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, eta: int = 3, min_fidelity: float = 1 / 9) -> None:

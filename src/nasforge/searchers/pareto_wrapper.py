@@ -23,7 +23,7 @@ trials keep scores that were relative to fewer points.
 
 The wrapper is not a registered method (it wraps an instance); build it in code:
 ``ParetoWrapper(RegularizedEvolution(space, seed=0), (("val_acc", 1), ("params", -1)))``.
-It forwards ``ask``, ``fidelity()``, ``no_repeats`` and ``multi_fidelity`` of the inner searcher;
+It forwards ``ask``, ``fidelity()``, ``no_repeats``, ``multi_fidelity`` and ``concurrent_asks`` of the inner searcher;
 :meth:`ParetoWrapper.front` gives the Pareto-optimal trials told so far.
 """
 
@@ -78,6 +78,10 @@ class ParetoWrapper(Searcher):
     @property
     def multi_fidelity(self) -> bool:  # type: ignore[override]
         return self.inner.multi_fidelity
+
+    @property
+    def concurrent_asks(self) -> bool:  # type: ignore[override]
+        return self.inner.concurrent_asks
 
     def required_metrics(self) -> tuple[str, ...]:
         names = [m for m, _ in self.objectives]

@@ -38,7 +38,14 @@ from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, require_choice
 from nasforge.nn.choice import Supernet
 from nasforge.spaces.base import SearchSpace
-from nasforge.train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from nasforge.train import distributed
+from nasforge.train.checkpoint import (
+    checkpoint_exists,
+    get_rng_state,
+    load_checkpoint_and_source,
+    save_checkpoint,
+    set_rng_state,
+)
 
 #: Layout version of one-shot search checkpoints; bump when keys or meanings change.
 SEARCH_FORMAT_VERSION = 1
@@ -99,6 +106,7 @@ class OneShotContext:
     channels_last: bool = False  # run convolutions in channels-last memory format (often faster on CPU)
     log: Callable[[str], None] = print
     progress: bool = False
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # called with each epoch's history record (e.g. TensorBoard)
 
     def __post_init__(self) -> None:
         require_positive_int("checkpoint_every", self.checkpoint_every)
@@ -146,6 +154,9 @@ class OneShotContext:
         }
         run = SearchRun(self, meta, state)
         run.resume()
+        if distributed.active() is not None:  # data parallel: every rank starts from rank 0's state
+            distributed.check_same_step(run.step)
+            distributed.broadcast_modules([obj for obj in run.state.values() if isinstance(obj, nn.Module)])
         return run
 
 
@@ -181,12 +192,13 @@ class SearchRun:
 
     # ---- checkpoints ---------------------------------------------------------------------
     def resume(self) -> None:
-        if self.path is None or not self.path.exists():
+        if self.path is None or not checkpoint_exists(self.path):
             return
-        ckpt = load_checkpoint(self.path, expect=self.meta)
+        # A bad search.pt falls back to search.prev.pt with a line naming both (checkpoint.py).
+        ckpt, source = load_checkpoint_and_source(self.path, expect=self.meta, log_fn=self.ctx.log)
         missing = [name for name in self.state if name not in ckpt["state"]]
         if missing:
-            raise ConfigError(f"checkpoint {self.path} lacks search state {missing}")
+            raise ConfigError(f"checkpoint {source} lacks search state {missing}")
         for name, obj in self.state.items():
             obj.load_state_dict(ckpt["state"][name])
         self.epoch, self.batch, self.step = int(ckpt["epoch"]), int(ckpt["batch"]), int(ckpt["step"])
@@ -195,10 +207,10 @@ class SearchRun:
         self._sums, self._counts = dict(ckpt["sums"]), dict(ckpt["counts"])
         set_rng_state(ckpt["rng"])
         self.resumed = True
-        self.ctx.log(f"resuming the search from {self.path} at epoch {self.epoch}, batch {self.batch}")
+        self.ctx.log(f"resuming the search from {source} at epoch {self.epoch}, batch {self.batch}")
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not distributed.is_main():  # data parallel: rank 0 writes
             return
         save_checkpoint(self.path, {
             "meta": self.meta,
@@ -305,6 +317,8 @@ class SearchRun:
         self.save()
         shown = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
         self.ctx.log(f"epoch {entry['epoch']}: {shown}" + (f"; {record['arch']}" if "arch" in record else ""))
+        if self.ctx.on_epoch is not None:  # after the checkpoint: a crash here loses a point, never repeats one
+            self.ctx.on_epoch(dict(entry))
         return entry
 
 
@@ -328,6 +342,7 @@ class OneShotMethod:
     config_cls: type
     search: Callable[[OneShotContext, Any], OneShotResult]
     spaces: tuple[str, ...] = ("nb201", "darts")
+    data_parallel: bool = False  # runs data-parallel (torchrun): its steps all go through train/bilevel.py
 
     def options(self) -> dict[str, Any]:
         """The method's options with their defaults (its Config's fields)."""
@@ -335,6 +350,14 @@ class OneShotMethod:
 
     def __call__(self, ctx: OneShotContext, **options: Any) -> OneShotResult:
         require_choice(f"space for {self.name}", ctx.space.name, self.spaces)
+        if distributed.active() is not None and not self.data_parallel:
+            from nasforge import registry
+
+            able = [n for n in registry.names("method") if getattr(registry.get("method", n), "data_parallel", False)]
+            raise ConfigError(
+                f"{self.name} does not run data-parallel (torchrun, {distributed.SIMULATE_ENV}); methods that do: "
+                f"{', '.join(able)}"
+            )
         config = make_config(self.config_cls, options, self.name)
         seed_everything(ctx.seed)  # supernet and policy initialisation depend on the seed only
         return self.search(ctx, config)

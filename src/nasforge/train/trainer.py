@@ -32,8 +32,9 @@ from torch.utils.data import Dataset
 from nasforge.errors import BudgetError, ConfigError, NasforgeError
 from nasforge.train.checkpoint import (
     FORMAT_VERSION,
+    checkpoint_exists,
     get_rng_state,
-    load_checkpoint,
+    load_checkpoint_and_source,
     load_state_dict_strict,
     save_checkpoint,
     set_rng_state,
@@ -171,7 +172,9 @@ def train(
         a :class:`TrainResult`.
 
     Raises:
-        CheckpointError: the existing checkpoint is corrupt or belongs to another run.
+        CheckpointError: the existing checkpoint belongs to another run, or it and the previous
+            one (``last.prev.pt``) are both corrupt.
+        StorageError: a checkpoint could not be written (``StorageFullError``: disk full).
         TrainingDivergedError: the loss became non-finite (names the epoch and batch).
         BudgetError: ``checkpoint_every`` is not positive.
     """
@@ -202,9 +205,10 @@ def train(
     history: list[dict[str, Any]] = []
     first_epoch = 0
     resumed_from: int | None = None
-    if ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, expect=full_meta)
-        load_state_dict_strict(model, state["model"], source=ckpt_path)
+    if ckpt_path is not None and checkpoint_exists(ckpt_path):
+        # A bad last.pt falls back to last.prev.pt with a warning naming both (checkpoint.py).
+        state, source = load_checkpoint_and_source(ckpt_path, expect=full_meta)
+        load_state_dict_strict(model, state["model"], source=source)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
