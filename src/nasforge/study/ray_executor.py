@@ -81,7 +81,7 @@ def run_ray_workers(
                 try:
                     return ray.get(task.remote(build, cfg, worker.format_arch(arch), fidelity))
                 except ray.exceptions.RayTaskError as e:  # the evaluation raised: re-raise its own error
-                    cause = e.as_instanceof_cause()
+                    cause = getattr(e, "cause", None)
                     raise (cause if isinstance(cause, Exception) else RuntimeError(str(e))) from None
             return evaluate
 
