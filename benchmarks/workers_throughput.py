@@ -1,7 +1,7 @@
 """Several workers on one study: trials per minute with 1 and N workers, and the log's integrity.
 
-Runs the same search (regularized evolution on NB201, each trial a short real training on the
-built-in digits) with 1 worker and with ``--workers N`` against one storage (PostgreSQL when
+Runs the same search (regularized evolution on NB201, each trial a real training of a C=16, N=2
+network on the built-in digits) with 1 worker and with ``--workers N`` against one storage (PostgreSQL when
 ``--storage`` or $NASFORGE_TEST_POSTGRES gives a URL, else SQLite), side by side in this run
 (every process with the same number of torch threads), then checks each study: every ask told once (duplicates 0), no position of the log lost or used
 twice, and the log replays into a fresh searcher (a resume that runs nothing).
@@ -36,7 +36,7 @@ def one_run(workers: int, args: argparse.Namespace, storage: str | None, scratch
     out = scratch / f"w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = SearchConfig(
-        method="evolution", space="nb201", build_kwargs={"C": 8, "N": 1}, train_subset=args.images,
+        method="evolution", space="nb201", build_kwargs={"C": args.C, "N": args.N}, train_subset=args.images,
         recipe_overrides={"epochs": args.epochs, "batch_size": 64}, trials=args.trials, workers=workers,
         storage=storage, study_name=f"bench-{uuid.uuid4().hex[:8]}" if storage else None, final_train=False,
         seed=args.seed, out=str(out),
@@ -70,8 +70,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--images", type=int, default=1000, help="training images per trial (stratified subset)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=4000, help="training images per trial (stratified subset)")
+    parser.add_argument("--C", type=int, default=16, help="NB201 network channels")
+    parser.add_argument("--N", type=int, default=2, help="NB201 cells per stage")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", default=os.environ.get("NASFORGE_TEST_POSTGRES"))
     parser.add_argument("--scratch", default="runs/bench_workers")

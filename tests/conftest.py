@@ -41,3 +41,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+POSTGRES = os.environ.get("NASFORGE_TEST_POSTGRES")  # set by scripts/test.sh, which starts a server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request, tmp_path) -> str:
+    """A study storage: an SQLite file, and a real PostgreSQL server when one was started."""
+    if request.param == "sqlite":
+        return str(tmp_path / "study.db")
+    if not POSTGRES:
+        pytest.skip("NASFORGE_TEST_POSTGRES is not set (bash scripts/test.sh starts a PostgreSQL server)")
+    return POSTGRES

@@ -7,7 +7,6 @@ NASFORGE_TEST_POSTGRES; without it the PostgreSQL cases skip.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,17 +18,6 @@ from nasforge.experiment import SearchConfig, run_search
 from nasforge.study import Study
 
 import _toy  # noqa: F401  (registers the toy_test space)
-
-POSTGRES = os.environ.get("NASFORGE_TEST_POSTGRES")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "study.db")
-    if not POSTGRES:
-        pytest.skip("NASFORGE_TEST_POSTGRES is not set (bash scripts/test.sh starts a PostgreSQL server)")
-    return POSTGRES
 
 
 def test_trials_round_trip_and_interrupted_trials_are_recovered(storage):

@@ -20,6 +20,7 @@ from collections import Counter
 import optuna
 import pytest
 
+from conftest import POSTGRES
 from nasforge import get_space, registry
 from nasforge.errors import BudgetError, IncompatibleRunError
 from nasforge.evaluators.train import TrainEvaluator
@@ -29,8 +30,6 @@ from nasforge.study import Study
 from nasforge.study.worker import Outcome, StudyWorker, read_log
 
 import _toy  # noqa: F401  (registers the toy_test space)
-
-POSTGRES = os.environ.get("NASFORGE_TEST_POSTGRES")
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +111,6 @@ with s.heartbeat(t):
     time.sleep(float(sys.argv[3]))
 os._exit(9)
 """
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "study.db")
-    if not POSTGRES:
-        pytest.skip("NASFORGE_TEST_POSTGRES is not set (bash scripts/test.sh starts a PostgreSQL server)")
-    return POSTGRES
 
 
 def test_a_live_workers_trial_is_never_taken_over_and_a_dead_ones_is(storage):

@@ -301,23 +301,12 @@ def prepare_run_dir(out: Path, config: dict[str, Any], resumable: tuple[str, ...
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically; several processes may write the same file."""
+    from nasforge.train.checkpoint import remove_stale_temp_files
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
-        pid = stale.name[len(path.name) + 2:].split(".")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    remove_stale_temp_files(path)  # left by a writer killed mid-write
     return True
 
 

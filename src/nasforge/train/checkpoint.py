@@ -86,7 +86,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
-    _remove_stale_temp_files(target)
+    remove_stale_temp_files(target)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -185,7 +185,7 @@ def save_checkpoint(
                 raise _storage_error(target, cause) from cause
             raise
         _fsync_dir(target.parent)
-        _remove_stale_temp_files(target)
+        remove_stale_temp_files(target)
     return target
 
 
@@ -217,7 +217,7 @@ def _complete(path: Path) -> bool:
     return trailer.endswith(TRAILER_MAGIC) and int.from_bytes(trailer[:8], "little") == size - TRAILER_SIZE
 
 
-def _remove_stale_temp_files(target: Path) -> None:
+def remove_stale_temp_files(target: Path) -> None:
     """Remove temporary files of ``target`` whose writer process is gone (killed mid-write)."""
     for tmp in target.parent.glob(f".{target.name}.*.tmp"):
         pid_text = tmp.name[len(target.name) + 2:].split(".", 1)[0]
