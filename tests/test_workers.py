@@ -99,6 +99,27 @@ def test_a_log_from_another_searcher_is_refused(tmp_path):
             _worker(study, space, other, 3).sync()
 
 
+def test_an_architecture_whose_workers_keep_dying_is_abandoned_after_max_retries(tmp_path):
+    """Its slot is told as failed ("abandoned") once the reaped trials exceed max_retries; the
+    search goes on. A Ctrl-C (a recorded reason) does not count as a death."""
+    space = get_space("nb201")
+    study = Study(tmp_path / "study.db")
+    first = space.format(_searcher("random", space).ask())  # what the search's first ask is
+    for i in range(3):  # three workers died while evaluating it, one run was stopped with Ctrl-C
+        t = study.start(first, ask_seq=0, retry_of=None if i == 0 else i - 1)
+        study._mark_interrupted(t._trial_id)
+    study.fail(study.start(first, ask_seq=0), "interrupted")
+    assert read_log(study.trials()).slots[0].deaths == 3
+    logs: list[str] = []
+    worker = StudyWorker(study, _searcher("random", space), format_arch=space.format, ask=lambda: worker.searcher.ask(),
+                         evaluate=lambda arch, f: Outcome(1.0, {}), trials=3, max_retries=2, log=logs.append)
+    worker.run()
+    slot = read_log(study.trials()).slots[0]
+    assert slot.told is not None and slot.told.state == optuna.trial.TrialState.FAIL
+    assert slot.told.user_attrs["fail_reason"] == "abandoned: its worker died 3 times (max_retries=2)"
+    assert read_log(study.trials()).told == 3 and any("abandoned" in line for line in logs)
+
+
 # ---- dead and live workers --------------------------------------------------------------------
 
 _START_AND_DIE = """
@@ -322,4 +343,4 @@ def test_a_killed_worker_process_loses_nothing_its_trial_runs_again(tmp_path):
     assert dead.state == optuna.trial.TrialState.FAIL and dead.user_attrs["interrupted"] is True
     retry = [t for t in told if t.user_attrs.get("retry_of") == victim[1]]
     assert len(retry) == 1 and retry[0].user_attrs["arch"] == victim[2]
-    assert "its worker died; evaluating" in output
+    assert "did not finish (interrupted, or its worker died); evaluating" in output

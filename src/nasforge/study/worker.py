@@ -69,7 +69,7 @@ class Slot:
     fidelity: float
     told: optuna.trial.FrozenTrial | None = None
     running: list[optuna.trial.FrozenTrial] = field(default_factory=list)
-    deaths: int = 0  # trials of this ask whose worker died (or were interrupted)
+    deaths: int = 0  # trials of this ask whose worker died (reaped; not those stopped by Ctrl-C / SIGTERM)
     last: int = -1  # number of its latest trial
 
 
@@ -135,8 +135,8 @@ def read_log(trials: list[optuna.trial.FrozenTrial]) -> Log:
             tell = int(t.user_attrs["tell_seq"])
             events.append(("tell", tell, slot))
             next_seq = max(next_seq, tell + 1)
-        elif t.state == FAIL:
-            slot.deaths += 1
+        elif t.state == FAIL and "fail_reason" not in t.user_attrs:
+            slot.deaths += 1  # reaped: its worker died (a Ctrl-C records a reason and is not counted)
     events.sort(key=lambda e: e[1])
     return Log(slots, events, next_seq)
 
@@ -248,8 +248,8 @@ class StudyWorker:
                 self._abandon(slot)
                 return None  # look again: the log changed
             self.stats.retried += 1
-            self.log(f"trial {slot.last}: its worker died; evaluating {slot.arch} again "
-                     f"(retry {slot.deaths} of at most {self.max_retries})")
+            self.log(f"trial {slot.last} did not finish (interrupted, or its worker died); evaluating {slot.arch} "
+                     f"again ({slot.deaths} worker death(s) so far, at most {self.max_retries} retried)")
             trial = self.study.start(slot.arch, slot.fidelity, ask_seq=slot.seq, retry_of=slot.last)
             return trial, slot.seq, self.archs[slot.seq], slot.fidelity
         pending = log.pending()
