@@ -307,7 +307,6 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
     remove_stale_temp_files(path)  # left by a writer killed mid-write
-    return True
 
 
 # ---- search ----------------------------------------------------------------------------------
