@@ -136,3 +136,35 @@ def test_no_repeated_proposal_where_the_method_forbids_it(runs, name, space_name
     space = _space_or_skip(name, space_name)
     archs = [r[0] for r in _cached(runs, name, space, 0)]
     assert len(set(archs)) == len(archs)
+
+
+CONCURRENT = [n for n in MULTI_TRIAL if registry.get("method", n).concurrent_asks]
+
+
+def test_the_methods_that_need_each_result_before_the_next_ask():
+    assert set(MULTI_TRIAL) - set(CONCURRENT) == {"hyperband", "bohb"}
+
+
+@pytest.mark.parametrize("name", CONCURRENT)
+def test_several_pending_proposals_told_in_any_order(name):
+    """As several workers use a searcher: up to 4 proposals pending at once, results told in a
+    shuffled order. Every proposal is valid, nothing raises, and methods that forbid repeats
+    never propose an architecture twice (pending ones included)."""
+    import random
+
+    space = get_space("nb201")
+    searcher = _make(name, space, 0)
+    order = random.Random(1)
+    pending: list = []
+    proposed: list = []
+    for step in range(STEPS + 8):
+        while len(pending) < 4:
+            arch = searcher.ask()
+            assert space.validate(arch) is arch
+            pending.append(arch)
+            proposed.append(arch)
+        arch = pending.pop(order.randrange(len(pending)))
+        fitness, metrics = _evaluate(space, searcher, arch, step)
+        searcher.tell(arch, fitness, dict(metrics))
+    if registry.get("method", name).no_repeats:
+        assert len(set(proposed)) == len(proposed)
