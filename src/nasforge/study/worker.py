@@ -30,14 +30,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from nasforge.arch import Arch
 from nasforge.errors import IncompatibleRunError, NasforgeError
-from nasforge.searchers.base import Searcher
 from nasforge.study.store import Study
+
+if TYPE_CHECKING:  # the study layer sits below the searchers: it only drives one
+    from nasforge.searchers.base import Searcher
 
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
