@@ -32,13 +32,13 @@ from typing import Any
 from nasforge import registry
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError, IncompatibleRunError, NasforgeError, require_choice
+from nasforge.hardware.objectives import COST_METRICS, Constraint, parse_constraint
 from nasforge.searchers.base import Result, Searcher
 from nasforge.spaces.base import SearchSpace
 
 EVALUATORS = ("train", "table", "proxy")
 EXECUTORS = ("local", "ray")
 SPLITS = ("random", "nb201")
-COST_METRICS = ("params", "flops", "macs", "latency_ms")  # known before training; checked before evaluation
 
 
 class SearchInterrupted(NasforgeError, KeyboardInterrupt):
@@ -232,38 +232,9 @@ def parse_objective(text: str) -> tuple[str, int]:
     return metric, (1 if direction == "max" else -1)
 
 
-_SUFFIX = {"": 1.0, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}
-
-
-@dataclass(frozen=True)
-class Constraint:
-    metric: str
-    op: str  # "<=", "<", ">=", ">"
-    bound: float
-
-    def ok(self, value: float) -> bool:
-        return {"<=": value <= self.bound, "<": value < self.bound,
-                ">=": value >= self.bound, ">": value > self.bound}[self.op]
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.bound:g}"
-
-
-def parse_constraint(text: str) -> Constraint:
-    """``"params<=1.5M"`` -> Constraint("params", "<=", 1.5e6)."""
-    m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([0-9.]+(?:[eE][+-]?[0-9]+)?)([kKmMgG]?)\s*", text)
-    if not m:
-        raise ConfigError(
-            f"bad constraint {text!r}; expected METRIC<=VALUE (or <, >=, >), e.g. params<=1.5M, flops<=2e8"
-        )
-    metric, op, number, suffix = m.groups()
-    try:
-        bound = float(number) * _SUFFIX[suffix]
-    except ValueError:
-        raise ConfigError(f"bad number {number!r} in constraint {text!r}") from None
-    if metric in COST_METRICS and op in ("<=", "<") and bound <= 0:
-        raise BudgetError(f"constraint {text!r} can never be met: {metric} is always > 0")
-    return Constraint(metric, op, bound)
+# COST_METRICS (known before training; checked before evaluation), Constraint (the same class as
+# HardLimit) and parse_constraint live in nasforge.hardware.objectives; imported above, so
+# ``from nasforge.experiment import Constraint, parse_constraint`` keeps working.
 
 
 # ---- the run directory -----------------------------------------------------------------------
@@ -340,6 +311,7 @@ class _Feasibility:
         self.extra = frozenset(extra)
         self.latency = any(c.metric == "latency_ms" for c in self.pre) or "latency_ms" in self.extra
         self.rejected: dict[str, int] = {}  # constraint text -> proposals it rejected
+        self.closest: dict[str, float] = {}  # constraint text -> value nearest its bound among those proposals
         self.cache_path = cache_path if self.latency else None
         self.cache: dict[str, dict[str, float]] = {}
         if self.cache_path is not None and self.cache_path.exists():
@@ -370,10 +342,30 @@ class _Feasibility:
         broken = [c for c in self.pre if not c.ok(cost[c.metric])]
         for c in broken:
             self.rejected[str(c)] = self.rejected.get(str(c), 0) + 1
+            value, best = cost[c.metric], self.closest.get(str(c))
+            if best is None or (value < best if c.upper else value > best):
+                self.closest[str(c)] = value
         return not broken
 
     def rejected_text(self) -> str:
         return ", ".join(f"{n} by {c}" for c, n in sorted(self.rejected.items())) or "none"
+
+    def closest_text(self) -> str:
+        """Per limit, the measured value nearest its bound among the proposals it rejected:
+        ``latency_ms<=1: the fastest of the 1000 proposals it rejected measured 7.3 ms``."""
+        parts = []
+        for c in dict.fromkeys(self.pre):
+            if str(c) not in self.closest:
+                continue
+            n, v = self.rejected[str(c)], self.closest[str(c)]
+            if c.metric == "latency_ms":
+                parts.append(f"{c}: the {'fastest' if c.upper else 'slowest'} of the {n} proposals it rejected "
+                             f"measured {v:.3g} ms")
+            else:
+                shown = f"{int(v):,}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:.4g}"
+                parts.append(f"{c}: the {'smallest' if c.upper else 'largest'} {c.metric} of the {n} proposals "
+                             f"it rejected was {shown}")
+        return "; ".join(parts)
 
 
 _MAX_INFEASIBLE = 1000
@@ -386,7 +378,8 @@ def _ask_feasible(searcher: Searcher, feasible: _Feasibility, constraints: list[
             return arch
     raise BudgetError(
         f"no architecture meeting {', '.join(map(str, feasible.pre))} found in {_MAX_INFEASIBLE} proposals "
-        f"(rejected: {feasible.rejected_text()}); relax the constraint or shrink the network (build options)"
+        f"(rejected: {feasible.rejected_text()}); {feasible.closest_text()}; "
+        "relax the constraint or shrink the network (build options)"
     )
 
 

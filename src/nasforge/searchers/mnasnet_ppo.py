@@ -13,8 +13,8 @@ Algorithm as implemented:
 
 * **Reward** (MnasNet Eq. 2): ``R(m) = ACC(m) * (LAT(m) / T) ** w`` with ``w = alpha`` if
   ``LAT(m) <= T`` else ``beta``; ``mode="soft"``: ``alpha = beta = -0.07`` (the paper's default,
-  Section 3); ``mode="hard"``: ``alpha = 0, beta = -1`` (the hard constraint of Figure 2).
-  ``ACC`` is ``metrics[accuracy_metric]`` (default ``val_acc``) and ``LAT`` is
+  Section 3); ``mode="hard"``: ``alpha = 0, beta = -1`` (the hard constraint of Figure 2);
+  computed by :class:`nasforge.hardware.objectives.MnasNetReward`. ``ACC`` is ``metrics[accuracy_metric]`` (default ``val_acc``) and ``LAT`` is
   ``metrics[latency_metric]`` (default ``hwnb_pixel3_latency_ms``; any metric the evaluator or
   cost model reports: a table latency, ``latency_ms``, ``flops``); both are declared in
   :meth:`MnasNetPPO.required_metrics`, and the fitness is *not* used except to recognise a
@@ -60,13 +60,14 @@ import torch
 
 from nasforge.arch import Arch
 from nasforge.errors import ConfigError, check_float, check_int
+from nasforge.hardware.objectives import MnasNetReward
 from nasforge.registry import register
 from nasforge.searchers._controller import LSTMController, batch_advantages, decayed_baseline, sample_arch
 from nasforge.searchers.base import Searcher, torch_generator
 from nasforge.spaces.base import SearchSpace
 
 #: ``mode -> (alpha, beta)`` of the reward exponent (MnasNet Section 3 and Figure 2).
-MODES: dict[str, tuple[float, float]] = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
+MODES: dict[str, tuple[float, float]] = MnasNetReward.MODES
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
@@ -126,14 +127,14 @@ class MnasNetPPO(Searcher):
                 f"mnasnet_ppo needs target=T, the latency target in the unit of {latency_metric!r} (> 0): "
                 "MnasNet's reward ACC x (LAT/T)^w has no device-independent default"
             )
-        self.target = check_float("target", target, low=0.0, low_open=True)
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        #: ACC x (LAT/T)^w as an object (nasforge.hardware.objectives); it checks target and mode
+        self.mnasnet_reward = MnasNetReward.from_mode(target, mode)
+        self.target = self.mnasnet_reward.target
         for what, metric in (("latency_metric", latency_metric), ("accuracy_metric", accuracy_metric)):
             if not isinstance(metric, str) or not metric:
                 raise ConfigError(f"{what} must be a non-empty metric name, got {metric!r}")
         self.mode = mode
-        self.alpha, self.beta = MODES[mode]
+        self.alpha, self.beta = self.mnasnet_reward.alpha, self.mnasnet_reward.beta
         self.latency_metric, self.accuracy_metric = latency_metric, accuracy_metric
         self.batch_size = check_int("batch_size", batch_size)
         self.ppo_epochs = check_int("ppo_epochs", ppo_epochs)
@@ -178,8 +179,7 @@ class MnasNetPPO(Searcher):
             raise ConfigError(f"accuracy metric {self.accuracy_metric!r} must be finite, got {acc!r}")
         if not (math.isfinite(lat) and lat > 0):
             raise ConfigError(f"latency metric {self.latency_metric!r} must be finite and > 0, got {lat!r}")
-        w = self.alpha if lat <= self.target else self.beta
-        return acc * (lat / self.target) ** w
+        return self.mnasnet_reward.reward(acc, lat)
 
     def ask(self) -> Arch:
         arch, _ = sample_arch(self.space, lambda: self.controller.sample(self._gen), what="the MnasNet controller")
