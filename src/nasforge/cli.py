@@ -241,6 +241,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --latency-metric: report the share of proposals meeting it by quarter of the run")
     b.add_argument("--out", default="runs/bench/nb201_strategies", help="directory for the summary, curves and plot")
 
+    p = sub.add_parser("hardware", help="latency lookup tables: build one for this machine, predict with it")
+    hw = p.add_subparsers(dest="hardware", required=True, metavar="ACTION")
+    h = hw.add_parser("build-lut", help="measure every candidate block of a space on this machine (resumable)",
+                      description="Measure every distinct block of the space at every position once, then a few "
+                                  "whole networks to fit the constant for stem, head and overheads; write a JSON "
+                                  "table. Interrupt and rerun the same command to continue. See docs/hardware.md.")
+    h.add_argument("--space", default="mobilenet", help="search space (mobilenet)")
+    h.add_argument("--space-opt", dest="space_kwargs", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="space constructor option, e.g. preset=cifar (repeatable)")
+    h.add_argument("--backend", default="torch", help="torch (eager) or onnxruntime (default torch)")
+    h.add_argument("--input-size", type=int, default=32, help="square input height and width (default 32)")
+    h.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    h.add_argument("--num-classes", type=int, default=10, help="classifier outputs of the fitted networks (default 10)")
+    h.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    h.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    h.add_argument("--warmup", type=int, default=10, help="untimed passes before timing (default 10)")
+    h.add_argument("--repeats", type=int, default=30, help="timed passes per block and network (default 30)")
+    h.add_argument("--fit-networks", type=int, default=10, help="whole networks measured to fit the constant (default 10)")
+    h.add_argument("--statistic", default="median", help="median (default) or min of the timed passes")
+    h.add_argument("--fit", default="offset", help="offset (a constant, default) or affine (scale and constant)")
+    h.add_argument("--out", required=True, help="the JSON table to write (an existing one is continued)")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h = hw.add_parser("predict", help="predicted (and optionally measured) latency of one architecture")
+    h.add_argument("--lut", required=True, help="a table written by build-lut")
+    h.add_argument("--arch", required=True, help="the architecture in the space's text form")
+    h.add_argument("--measure", action="store_true", help="also measure the network with the table's setting")
+    h.add_argument("--strict", action="store_true", help="refuse a table measured on another device or library versions")
+    h.add_argument("--limit", default=None, help="a latency limit with its unit (5ms, 800us, 0.005s): say if it is met")
+
     p = sub.add_parser("show", help="print a run's results")
     p.add_argument("run_dir", help="run directory of a search or train command")
     p.add_argument("--top", type=int, default=10, help="how many of the best trials to list")
@@ -391,6 +420,49 @@ def _bench_strategies(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hardware(ns: argparse.Namespace) -> int:
+    import warnings
+
+    from nasforge.hardware.latency import LatencySpec, NetworkRecipe, measure, parse_duration_ms
+    from nasforge.hardware.lut import LatencyTableWarning, build_lut, load_lut
+
+    if ns.hardware == "build-lut":
+        import nasforge
+
+        space = nasforge.get_space(ns.space, **dict(ns.space_kwargs))
+        spec = LatencySpec(backend=ns.backend, batch_size=ns.batch, threads=ns.threads, warmup=ns.warmup,
+                           repeats=ns.repeats)
+        table = build_lut(space, (ns.in_channels, ns.input_size, ns.input_size), spec, ns.out,
+                          num_classes=ns.num_classes, fit_networks=ns.fit_networks, statistic=ns.statistic,
+                          fit=ns.fit, progress=not ns.no_progress)
+        fit = table.doc["fit"]
+        print(f"{len(table.doc['entries'])} blocks and {fit['networks']} networks measured on {table.header['device']} "
+              f"({ns.backend}, {ns.threads} thread(s)); constant {table.constant_ms:.3f} ms, scale {table.scale:.3f}, "
+              f"fit residuals {fit['residual_min_ms']:+.3f} to {fit['residual_max_ms']:+.3f} ms")
+        print(f"table: {ns.out}")
+        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LatencyTableWarning)
+        table = load_lut(ns.lut, strict=ns.strict)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    limit = None if ns.limit is None else parse_duration_ms(ns.limit)
+    space = table.space
+    arch = space.parse(ns.arch)
+    predicted = table.predict(arch)
+    print(f"predicted: {predicted:.3f} ms  ({table.header['backend']}, {table.header['threads']} thread(s), "
+          f"batch {table.header['batch_size']}, input {'x'.join(map(str, table.input_shape))}, {table.statistic})")
+    if ns.measure:
+        recipe = NetworkRecipe.of(space, arch, num_classes=table.header["num_classes"], in_channels=table.input_shape[0])
+        m = measure(recipe, table.input_shape, table.spec())
+        value = m.median_ms if table.statistic == "median" else m.min_ms
+        print(f"measured:  {value:.3f} ms  ({table.statistic} of {m.repeats}; median {m.median_ms:.3f}, "
+              f"IQR {m.p25_ms:.3f}-{m.p75_ms:.3f}, min {m.min_ms:.3f}; {m.device})")
+    if limit is not None:
+        print(f"limit {limit:g} ms: predicted latency {'meets' if predicted <= limit else 'exceeds'} it")
+    return 0
+
+
 def cmd_show(ns: argparse.Namespace) -> int:
     path = Path(ns.run_dir) / "results.json"
     if not path.is_file():
@@ -478,7 +550,7 @@ def _print_rows(header: list[str], rows: list[list[str]]) -> None:
 
 COMMANDS = {"search": cmd_search, "train": cmd_train, "evaluate": cmd_evaluate,
             "spaces": cmd_spaces, "methods": cmd_methods, "proxies": cmd_proxies, "bench": cmd_bench,
-            "show": cmd_show, "report": cmd_report}
+            "hardware": cmd_hardware, "show": cmd_show, "report": cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
