@@ -29,7 +29,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
         "nasforge.searchers.*",  # every public module of the package (one file per searcher)
         "nasforge.methods.darts", "nasforge.methods.dso_nas", "nasforge.methods.gdas", "nasforge.methods.smash",
         "nasforge.methods.enas", "nasforge.methods.one_shot", "nasforge.methods.p_darts", "nasforge.methods.pc_darts",
-        "nasforge.methods.rsps", "nasforge.methods.snas",
+        "nasforge.methods.rsps", "nasforge.methods.snas", "nasforge.methods.spos", "nasforge.methods.fairnas",
     ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),

@@ -8,12 +8,13 @@ a checkpoint of the policy restores it exactly.
 """
 
 from nasforge.policies.base import Policy
+from nasforge.policies.fair import FairPolicy
 from nasforge.policies.gumbel import GumbelPolicy, HardGumbelPolicy, gumbel_softmax
 from nasforge.policies.path_dropout import PathDropoutPolicy
 from nasforge.policies.softmax import SoftmaxPolicy
 from nasforge.policies.uniform import UniformPolicy
 
 __all__ = [
-    "GumbelPolicy", "HardGumbelPolicy", "PathDropoutPolicy", "Policy", "SoftmaxPolicy", "UniformPolicy",
+    "FairPolicy", "GumbelPolicy", "HardGumbelPolicy", "PathDropoutPolicy", "Policy", "SoftmaxPolicy", "UniformPolicy",
     "gumbel_softmax",
 ]

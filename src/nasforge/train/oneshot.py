@@ -124,12 +124,22 @@ class OneShotContext:
 
     def fixed_valid_batches(self, n: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
         """The first ``n`` validation batches in a fixed seeded order, not augmented (for ranking)."""
+        return self._fixed_batches(self.valid_set, n, batch_size, self.seed + 2)
+
+    def fixed_train_batches(self, n: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
+        """The first ``n`` training batches in a fixed seeded order (not the search's), not augmented.
+
+        For BN recalibration (SPOS, FairNAS): fewer when the split is smaller than ``n`` batches.
+        """
+        return self._fixed_batches(self.train_set, n, batch_size, self.seed + 3)
+
+    def _fixed_batches(self, dataset: Dataset[Any], n: int, batch_size: int, seed: int) -> list[tuple[Tensor, Tensor]]:
         from nasforge.data import make_loader
 
         require_positive_int("n", n)
         require_positive_int("batch_size", batch_size)
         out = []
-        for x, y in make_loader(self.valid_set, batch_size, shuffle=True, seed=self.seed + 2, epoch=0):
+        for x, y in make_loader(dataset, batch_size, shuffle=True, seed=seed, epoch=0):
             x = x.to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
