@@ -235,7 +235,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     for k, v in FAST.items():
         if k != "epochs":
             argv += ["--method-opt", f"{k}={v}"]
-    argv += ["--method-opt", "constraints=flops<=2M"]
+    argv += ["--constraint", "flops<=2M"]  # the search's limits reach the method's selection
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method_kind"] == "one-shot" and results["info"]["constraints"] == ["flops<=2e+06"]
@@ -250,3 +250,15 @@ def test_candidates_run_one_choice_per_layer() -> None:
     net = space.supernet(num_classes=10, in_channels=1)
     assert all(isinstance(c, Choice) for c in net.layers.values())
     assert set(net.choices()) == set(space.decisions())
+
+
+def test_constraint_is_refused_where_a_one_shot_method_takes_no_limits(tmp_path: Path) -> None:
+    from nasforge.errors import ConfigError
+    from nasforge.experiment import SearchConfig
+
+    with pytest.raises(ConfigError, match="--constraint does not apply to the one-shot method 'darts'.*fairnas.*spos"):
+        SearchConfig(method="darts", constraints=["flops<=2M"], out=str(tmp_path / "x")).validate()
+    with pytest.raises(ConfigError, match="give the limits once"):
+        SearchConfig(method="spos", space="mobilenet", constraints=["flops<=2M"],
+                     method_kwargs={"constraints": ["params<=1M"]}, out=str(tmp_path / "y")).validate()
+    assert not (tmp_path / "x").exists()

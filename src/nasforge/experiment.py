@@ -154,6 +154,17 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise BudgetError(f"{name} must be a number >= 0, got {value!r}")
+        if self.one_shot() and self.constraints:
+            options = registry.get("method", self.method).options()
+            if "constraints" not in options:
+                able = [n for n in registry.names("method")
+                        if self._is_one_shot(n) and "constraints" in registry.get("method", n).options()]
+                raise ConfigError(
+                    f"--constraint does not apply to the one-shot method {self.method!r} (it derives one "
+                    f"architecture from its weights); one-shot methods that take limits: {', '.join(able)}"
+                )
+            if self.method_kwargs.get("constraints") not in (None, [], ()):
+                raise ConfigError("give the limits once: --constraint or --method-opt constraints=..., not both")
         if self.one_shot() and (self.workers != 1 or self.executor != "local"):
             raise ConfigError(
                 f"--workers/--executor drive multi-trial studies; the one-shot method {self.method!r} trains one "
@@ -166,9 +177,13 @@ class SearchConfig:
 
     def one_shot(self) -> bool:
         """Whether the method is a weight-sharing (one-shot) method rather than a multi-trial searcher."""
+        return self._is_one_shot(self.method)
+
+    @staticmethod
+    def _is_one_shot(name: str) -> bool:
         from nasforge.train.oneshot import OneShotMethod
 
-        return isinstance(registry.get("method", self.method), OneShotMethod)
+        return isinstance(registry.get("method", name), OneShotMethod)
 
     def resolved_objective(self) -> str:
         if self.objective:
@@ -791,8 +806,11 @@ def _run_one_shot(
     log(f"{cfg.method} on {cfg.space}: {len(train_set)} train / {len(valid_set)} validation images")
     if sharding is not None:
         log(f"data parallel: {sharding.world_size} ranks ({sharding.backend or 'simulated in one process'})")
+    options = dict(cfg.method_kwargs)
+    if cfg.constraints:  # validate() checked the method takes limits (SPOS, FairNAS)
+        options["constraints"] = tuple(cfg.constraints)
     try:
-        result = method(ctx, **cfg.method_kwargs)
+        result = method(ctx, **options)
         if sharding is not None:  # a collective: fails unless every rank derived the same architecture
             result.info["data_parallel"] = distributed.agree(space.format(result.arch), result.strengths)
     except KeyboardInterrupt:
