@@ -30,6 +30,8 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
         "nasforge.methods.darts", "nasforge.methods.dso_nas", "nasforge.methods.gdas", "nasforge.methods.smash",
         "nasforge.methods.enas", "nasforge.methods.one_shot", "nasforge.methods.p_darts", "nasforge.methods.pc_darts",
         "nasforge.methods.rsps", "nasforge.methods.snas", "nasforge.methods.spos", "nasforge.methods.fairnas",
+        "nasforge.methods.fbnet",
+        "nasforge.methods.proxylessnas",
     ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),

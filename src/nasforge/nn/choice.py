@@ -10,7 +10,9 @@ is given explicitly on every call by a *selection*:
   zero), are not executed, so a one-hot (or straight-through one-hot) vector
   costs one candidate's forward and backward;
 * a :class:`Mix`: weights as above and a scalar ``scale`` multiplying the whole edge output
-  (PC-DARTS edge normalisation).
+  (PC-DARTS edge normalisation);
+* :class:`Gates`: gates over a listed subset of candidates, each of which runs even at gate 0
+  (ProxylessNAS binary gates: the gate gradients of two sampled paths).
 
 A Choice built with ``partial=K`` (PC-DARTS, Xu et al. 2020) runs its candidates on the first
 ``C / K`` channels only; the other channels bypass them (max-pooled on a stride-2 edge) and the
@@ -60,7 +62,23 @@ class StraightThrough:
     weights: torch.Tensor
 
 
-Selection: TypeAlias = "str | torch.Tensor | Mix | StraightThrough"
+@dataclass(frozen=True)
+class Gates:
+    """Gates over a listed subset of candidates: ``sum_{i in run} weights[i] * op_i(x)``.
+
+    ProxylessNAS' binary gates (Cai et al., ICLR 2019; reference ``mit-han-lab/proxylessnas``
+    ``search/modules/mix_op.py``, ``MixedEdge.forward`` in mode ``two``): every candidate listed
+    in ``run`` executes, even at gate 0, so that its gate receives the gradient
+    ``dL/dg_i = <upstream, op_i(x)>``; unlisted candidates never run. The output of a candidate
+    whose gate is exactly 0 is detached (it adds 0 and nothing upstream of it can get a gradient
+    through a zero gate), so its graph is freed at once, as the reference's ``oi.detach()``.
+    """
+
+    weights: torch.Tensor
+    run: tuple[int, ...]
+
+
+Selection: TypeAlias = "str | torch.Tensor | Mix | StraightThrough | Gates"
 Path: TypeAlias = "Mapping[str, Selection]"
 
 
@@ -94,6 +112,8 @@ class Choice(nn.Module):
     def forward(self, x: torch.Tensor, selection: Selection) -> torch.Tensor:
         if isinstance(selection, Mix):
             return self.forward(x, selection.weights) * selection.scale
+        if isinstance(selection, Gates):
+            return self._gated(x, selection)
         if isinstance(selection, StraightThrough):
             weights = selection.weights
             out = self.forward(x, weights)
@@ -125,6 +145,24 @@ class Choice(nn.Module):
             active = (selection.detach() != 0).tolist()
             return all(nothing for on, nothing in zip(active, self._adds_nothing) if on)
         return False
+
+    def _gated(self, x: torch.Tensor, gates: Gates) -> torch.Tensor:
+        if self.partial != 1:
+            raise ConfigError("Gates selections do not support partial channels (PC-DARTS)")
+        weights = gates.weights
+        if weights.dim() != 1 or weights.numel() != len(self.options):
+            raise ArchError(f"gates must be a 1-D tensor of {len(self.options)} entries ({', '.join(self.options)}), "
+                            f"got shape {tuple(weights.shape)}")
+        if not gates.run or any(not 0 <= i < len(self.options) for i in gates.run):
+            raise ArchError(f"gates.run must list candidate indices in 0..{len(self.options) - 1}, got {gates.run}")
+        closed = (weights.detach() == 0).tolist()
+        out: torch.Tensor | None = None
+        for i in gates.run:
+            y = self.candidates[self.options[i]](x)
+            y = weights[i] * (y.detach() if closed[i] else y)
+            out = y if out is None else out + y
+        assert out is not None  # gates.run is not empty
+        return out
 
     def _run(self, x: torch.Tensor, selection: str | torch.Tensor) -> torch.Tensor:
         if isinstance(selection, str):

@@ -8,6 +8,7 @@ a checkpoint of the policy restores it exactly.
 """
 
 from nasforge.policies.base import Policy
+from nasforge.policies.binary_gate import BinaryGatePolicy
 from nasforge.policies.fair import FairPolicy
 from nasforge.policies.gumbel import GumbelPolicy, HardGumbelPolicy, gumbel_softmax
 from nasforge.policies.path_dropout import PathDropoutPolicy
@@ -15,6 +16,6 @@ from nasforge.policies.softmax import SoftmaxPolicy
 from nasforge.policies.uniform import UniformPolicy
 
 __all__ = [
-    "FairPolicy", "GumbelPolicy", "HardGumbelPolicy", "PathDropoutPolicy", "Policy", "SoftmaxPolicy", "UniformPolicy",
+    "BinaryGatePolicy", "FairPolicy", "GumbelPolicy", "HardGumbelPolicy", "PathDropoutPolicy", "Policy", "SoftmaxPolicy", "UniformPolicy",
     "gumbel_softmax",
 ]

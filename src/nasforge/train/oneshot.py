@@ -264,6 +264,33 @@ class SearchRun:
         for b, train, _ in self._batches(batch_size, with_valid=False):
             yield b, train
 
+    def valid_batches(self, batch_size: int, *, first: int) -> Iterator[tuple[int, tuple[Tensor, Tensor]]]:
+        """The current epoch's validation batches as steps ``first, first + 1, ...`` (a phase of its own).
+
+        For methods that train the weights on the training split and then the architecture on the
+        validation split within one epoch (FBNet): ``first`` is the number of steps before this
+        phase. At most ``max_batches_per_epoch`` batches; steps already done are skipped, as in
+        :meth:`batches`, and each batch is augmented with the generator of its step.
+        """
+        from nasforge.data import augment_batch, make_loader
+        from nasforge.data.loaders import epoch_seed
+
+        ctx, epoch = self.ctx, self.epoch
+        n = len(ctx.valid_set) // batch_size  # type: ignore[arg-type]
+        if n == 0:
+            raise BudgetError(f"batch_size {batch_size} exceeds the {len(ctx.valid_set)} validation images")  # type: ignore[arg-type]
+        if ctx.max_batches_per_epoch is not None:
+            n = min(n, ctx.max_batches_per_epoch)
+        loader = make_loader(ctx.valid_set, batch_size, shuffle=True, seed=ctx.seed + 1, epoch=epoch, drop_last=True)
+        for i, (x, y) in enumerate(loader):
+            if i >= n:
+                break
+            b = first + i
+            if b < self.batch:
+                continue
+            gen = torch.Generator().manual_seed(epoch_seed(ctx.seed, epoch * 1_000_003 + b + 1))
+            yield b, self._prepare(x, y, gen, augment_batch)
+
     def _batches(
         self, batch_size: int, *, with_valid: bool
     ) -> Iterator[tuple[int, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]]:
