@@ -132,8 +132,8 @@ def test_loss_is_ce_times_alpha_log_expected_latency_to_the_beta(synthetic_path:
     lat_ms = sum(float(mask[k][i].detach()) * SYNTHETIC[o] for k, opts in sp.decisions().items() for i, o in enumerate(opts))
     lat_us = (lat_ms + CONSTANT) * 1000.0
     value = loss(ce, mask)
-    assert float(loss.latency(mask)) == pytest.approx(lat_us, rel=1e-5)
-    assert float(value) == pytest.approx(2.3 * 0.2 * math.log(lat_us) ** 0.6, rel=1e-5)
+    assert float(loss.latency(mask).detach()) == pytest.approx(lat_us, rel=1e-5)
+    assert float(value.detach()) == pytest.approx(2.3 * 0.2 * math.log(lat_us) ** 0.6, rel=1e-5)
     # the gradient reaches theta through the latency term only (CE is a constant here), with the right sign
     value.backward()
     layer = "s1_l1"  # options ir_k3_e1 (0.2 ms), ir_k5_e1 (0.5 ms), skip (0.01 ms)
@@ -143,7 +143,7 @@ def test_loss_is_ce_times_alpha_log_expected_latency_to_the_beta(synthetic_path:
     with torch.no_grad():
         raised = {k: t.clone() for k, t in theta.items()}
         raised[layer][1] += 1.0
-    assert float(loss(ce, {k: torch.softmax(t, -1) for k, t in raised.items()})) > float(value)
+    assert float(loss(ce, {k: torch.softmax(t, -1) for k, t in raised.items()}).detach()) > float(value.detach())
     # the fastest architecture: every layer its fastest option, plus the constant
     fastest = sum(min(SYNTHETIC[o] for o in opts) for opts in sp.decisions().values()) + CONSTANT
     assert loss.fastest() == pytest.approx(fastest * 1000.0)

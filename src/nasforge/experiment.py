@@ -574,7 +574,8 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
 
                 run_ray_workers(
                     n=cfg.workers, address=cfg.ray_address, cpus=cfg.ray_cpus, gpus=cfg.ray_gpus, workers=[worker],
-                    make_worker=lambda: _make_worker(cfg, space, make_searcher(cfg, space, _quiet), log)[0],
+                    make_worker=lambda: _make_worker(cfg, space, make_searcher(cfg, space, _quiet), log,
+                                                     evaluation=evaluation)[0],
                     build=ray_evaluation,
                     # what a trial task needs: not the storage URL (and its password)
                     cfg={**cfg.to_dict(), "storage": None, "_extra": sorted(_needed_cost_metrics(cfg, searcher))},
@@ -697,12 +698,15 @@ def open_study(cfg: SearchConfig) -> Any:
     return Study(out / "study.db", name=cfg.study_name or "nasforge", heartbeat_seconds=cfg.heartbeat_seconds)
 
 
-def _make_worker(cfg: SearchConfig, space: SearchSpace, searcher: Searcher,
-                 log: Callable[[str], None]) -> tuple[Any, _Evaluation]:
-    """A study worker for this process, and its evaluation."""
+def _make_worker(cfg: SearchConfig, space: SearchSpace, searcher: Searcher, log: Callable[[str], None],
+                 evaluation: _Evaluation | None = None) -> tuple[Any, _Evaluation]:
+    """A study worker for this process, and its evaluation (``evaluation``: share another worker's,
+    as the Ray executor's threads do: their trials run remotely, and the feasibility checks of their
+    asks run under the study lock, one thread at a time)."""
     from nasforge.study.worker import StudyWorker
 
-    evaluation = _make_evaluation(cfg, space, _needed_cost_metrics(cfg, searcher))
+    if evaluation is None:
+        evaluation = _make_evaluation(cfg, space, _needed_cost_metrics(cfg, searcher))
     study = open_study(cfg)
     worker = StudyWorker(
         study, searcher, format_arch=space.format,
