@@ -51,7 +51,8 @@ def table_path(tmp_path_factory):
     doc = json.loads(path.read_text())
     assert len(doc["entries"]) == len(unique_keys(space, SHAPE)) and len(doc["fit_networks"]) == 3
     # the resumed build kept every entry of the first call (nothing measured twice)
-    assert all(doc["entries"][k] == v for k, v in first_entries.items())
+    assert all({f: x for f, x in doc["entries"][k].items() if not f.startswith("context")} == v
+               for k, v in first_entries.items())
     return path
 
 
@@ -209,3 +210,38 @@ def test_cli_build_and_predict(table_path, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["hardware", "build-lut", "--help"])
     assert e.value.code == 0
+
+
+def test_torch_tables_time_every_block_in_context_too(table_path):
+    """Every entry of a torch table also carries its time inside whole networks (the networks of
+    context_architectures hold every layer's every option); predicting with it sums those."""
+    from nasforge.hardware.lut import context_architectures
+
+    table = LatencyTable.load(table_path)
+    space = table.space
+    covered = {(layer, arch[layer]) for arch in context_architectures(space) for layer in space.decisions()}
+    assert covered == {(layer, o) for layer, opts in space.decisions().items() for o in opts}
+    assert table.has_context and all(e["context_ms"] > 0 and e["context_networks"] >= 1
+                                     for e in table.doc["entries"].values())
+    table.use_statistic("context")
+    arch = space.sample(random.Random(3))
+    blocks = sum(table.doc["entries"][table.layer_keys()[layer][arch[layer]].text]["context_ms"]
+                 for layer in space.decisions())
+    assert table.predict(arch) == pytest.approx(blocks + table.constant_ms)
+    # the constant is fitted on the fit networks' uncontended (min) passes
+    sums = [table.block_sum_ms(space.parse(r["arch"])) for r in table.doc["fit_networks"]]
+    import statistics
+
+    assert table.constant_ms == pytest.approx(statistics.median(
+        r["min_ms"] - x for r, x in zip(table.doc["fit_networks"], sums)))
+
+
+def test_a_table_without_context_timings_refuses_the_context_statistic(tmp_path):
+    space = _space()
+    table = build_lut(space, SHAPE, SPEC, tmp_path / "plain.json", fit_networks=2, progress=False, context=False)
+    assert not table.has_context
+    with pytest.raises(ConfigError, match="no in-context block timings"):
+        table.use_statistic("context")
+    with pytest.raises(ConfigError, match="need the torch backend"):
+        build_lut(space, SHAPE, LatencySpec(backend="onnxruntime", threads=1, warmup=1, repeats=2),
+                  tmp_path / "ort.json", fit_networks=2, progress=False, context=True)

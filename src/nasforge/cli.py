@@ -259,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--warmup", type=int, default=10, help="untimed passes before timing (default 10)")
     h.add_argument("--repeats", type=int, default=30, help="timed passes per block and network (default 30)")
     h.add_argument("--fit-networks", type=int, default=10, help="whole networks measured to fit the constant (default 10)")
-    h.add_argument("--statistic", default="median", help="median (default) or min of the timed passes")
+    h.add_argument("--statistic", default="median",
+                   help="median (default) or min of the blocks' timed passes alone, or context: their fastest pass "
+                        "inside whole networks (torch backend)")
     h.add_argument("--fit", default="offset", help="offset (a constant, default) or affine (scale and constant)")
     h.add_argument("--out", required=True, help="the JSON table to write (an existing one is continued)")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")

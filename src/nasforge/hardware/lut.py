@@ -48,8 +48,10 @@ from nasforge.hardware.latency import LatencySpec, device_description, library_v
 FORMAT = "nasforge-latency-table"
 FORMAT_VERSION = 1
 SUPPORTED_SPACES: tuple[str, ...] = ("mobilenet",)
-#: Statistics of the timed passes a table can predict with (every entry stores both).
-STATISTICS: tuple[str, ...] = ("median", "min")
+#: Statistics a table can predict with: the median or the min of a block's timed passes alone (every
+#: entry stores both), or ``"context"``: the block's fastest pass inside whole networks (PyTorch tables
+#: built with ``context=True``; their fit networks then use their ``min``).
+STATISTICS: tuple[str, ...] = ("median", "min", "context")
 #: How the whole-network fit maps the sum of blocks to a prediction (see LatencyTable.use_statistic).
 FITS: tuple[str, ...] = ("offset", "affine")
 #: Header fields a table must match exactly to be used (they change what is measured).
@@ -259,6 +261,12 @@ class LatencyTable:
         return float(self.doc.get("scale") or 1.0)
 
     @property
+    def has_context(self) -> bool:
+        """Whether every entry carries an in-context timing (``context_ms``)."""
+        entries = self.doc["entries"].values()
+        return bool(entries) and all("context_ms" in e for e in entries)
+
+    @property
     def fit_method(self) -> str:
         return str((self.doc.get("fit") or {}).get("method") or "offset")
 
@@ -274,10 +282,14 @@ class LatencyTable:
         fit = fit or self.fit_method
         require_choice("latency fit", fit, FITS)
         self._require_complete()
+        if statistic == "context" and not self.has_context:
+            raise ConfigError(f"latency table {self.path} has no in-context block timings (built with backend "
+                              f"{self.header.get('backend')!r}, or without context=True); use median or min")
         self.doc["statistic"] = statistic
         fits = self.doc["fit_networks"]
         sums = [self.block_sum_ms(self.space.parse(r["arch"])) for r in fits]
-        meas = [float(r[f"{statistic}_ms"]) for r in fits]
+        measured = "min" if statistic == "context" else statistic  # a network's uncontended pass
+        meas = [float(r[f"{measured}_ms"]) for r in fits]
         scale = 1.0
         if fit == "affine" and len(fits) >= 2 and max(sums) > min(sums):
             mean_s, mean_m = statistics.fmean(sums), statistics.fmean(meas)
@@ -485,6 +497,7 @@ def build_lut(
     space: Any, input_shape: Sequence[int], spec: LatencySpec, out: str | os.PathLike[str], *,
     num_classes: int = 10, fit_networks: int = 10, seed: int = 0, progress: bool = True,
     max_measurements: int | None = None, statistic: str = "median", fit: str = "offset",
+    context: bool | None = None, context_passes: int | None = None,
 ) -> LatencyTable:
     """Measure every distinct block of ``space`` at ``input_shape`` and fit the constant; resumable.
 
@@ -505,6 +518,12 @@ def build_lut(
             both, so :meth:`LatencyTable.use_statistic` switches later.
         fit: ``"offset"`` (a constant, the default) or ``"affine"`` (a scale and a constant); see
             :meth:`LatencyTable.use_statistic`.
+        context: also time every block *inside* whole networks (PyTorch only; default: yes for
+            the torch backend). In eager PyTorch a block costs 12-29% more inside a network than
+            alone in a loop, by a ratio that differs between networks (``docs/benchmarks.md``);
+            :func:`measure_in_context` runs a few networks that together contain every (layer,
+            option) and keeps, per block, the median over networks of its fastest pass.
+        context_passes: timed passes per context network (default ``spec.repeats``).
 
     Returns:
         the table, complete unless ``max_measurements`` stopped it.
@@ -523,6 +542,12 @@ def build_lut(
     check_int("fit_networks", fit_networks, error=ConfigError)
     require_choice("latency statistic", statistic, STATISTICS)
     require_choice("latency fit", fit, FITS)
+    if context is None:
+        context = spec.backend == "torch"
+    if context and spec.backend != "torch":
+        raise ConfigError(f"in-context block timings need the torch backend (forward hooks), not {spec.backend!r}")
+    if statistic == "context" and not context:
+        raise ConfigError("statistic 'context' needs the in-context block timings (context=True, torch backend)")
     header = make_header(space, input_shape, spec, num_classes)
     shape = tuple(header["input_shape"])
     block_spec = LatencySpec(backend=spec.backend, batch_size=spec.batch_size, threads=spec.threads,
@@ -570,7 +595,87 @@ def build_lut(
             bar.update(1)
     finally:
         bar.close()
+    if context and not table.has_context:
+        measure_in_context(table, context_passes or spec.repeats, warmup=spec.warmup, threads=spec.threads,
+                           num_classes=num_classes)
+        table.save()
     table.doc["complete"] = True
     table.use_statistic(statistic, fit)
     table.save()
     return table
+
+
+def context_architectures(space: Any) -> list[Any]:
+    """Networks that together hold every (layer, option): network ``i`` takes option ``i mod m``
+    of each layer's ``m`` options (as many networks as the widest layer has options)."""
+    decisions = space.decisions()
+    width = max(len(opts) for opts in decisions.values())
+    return [space.make({d: opts[i % len(opts)] for d, opts in decisions.items()}) for i in range(width)]
+
+
+def measure_in_context(table: LatencyTable, passes: int, *, warmup: int = 3, threads: int = 1,
+                       num_classes: int = 10) -> None:
+    """Time each block inside whole networks (forward hooks) and store ``context_ms`` per entry.
+
+    For every network of :func:`context_architectures`, ``passes`` timed forward passes (eager,
+    ``torch.inference_mode``, ``threads`` intra-op threads) record each block's time between its
+    pre- and post-forward hook; a block's time in a network is its fastest pass, and its entry's
+    ``context_ms`` is the median of those over the networks that contain it (layers sharing a
+    block key pool their networks). The hooks themselves cost microseconds per block.
+    """
+    check_int("context passes", passes, error=ConfigError)
+    space = table.space
+    shape = table.input_shape
+    keys = table.layer_keys()
+    per_key: dict[str, list[float]] = {}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for arch in context_architectures(space):
+            net = space.build(arch, num_classes=num_classes, in_channels=shape[0]).eval()
+            x = torch.randn((table.header["batch_size"], *shape))
+            spans = _block_times(net, x, passes, warmup)
+            for layer, fastest_ms in spans.items():
+                per_key.setdefault(keys[layer][arch[layer]].text, []).append(fastest_ms)
+    finally:
+        torch.set_num_threads(previous_threads)
+    missing = [k for k in table.doc["entries"] if k not in per_key]
+    if missing:
+        raise ConfigError(f"in-context timing left {len(missing)} block(s) unmeasured, e.g. {missing[0]}")
+    for key, values in per_key.items():
+        if key in table.doc["entries"]:
+            table.doc["entries"][key]["context_ms"] = statistics.median(values)
+            table.doc["entries"][key]["context_networks"] = len(values)
+
+
+def _block_times(net: Any, x: torch.Tensor, passes: int, warmup: int) -> dict[str, float]:
+    """Fastest time (ms) of each of ``net.layers`` between its forward hooks, over ``passes`` passes."""
+    import time
+
+    spans: dict[str, list[float]] = {name: [] for name in net.layers}
+    starts: dict[str, float] = {}
+
+    def pre(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any) -> None:
+            starts[name] = time.perf_counter()
+        return hook
+
+    def post(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, _o: Any) -> None:
+            spans[name].append(time.perf_counter() - starts[name])
+        return hook
+
+    handles = [m.register_forward_pre_hook(pre(n)) for n, m in net.layers.items()]
+    handles += [m.register_forward_hook(post(n)) for n, m in net.layers.items()]
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                net(x)
+            for times in spans.values():
+                times.clear()
+            for _ in range(passes):
+                net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: min(times) * 1000.0 for name, times in spans.items()}
