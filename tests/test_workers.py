@@ -277,7 +277,7 @@ def test_a_second_machine_joins_with_the_same_study_name(tmp_path, table):
 def test_sigterm_stops_every_worker_and_the_run_resumes(tmp_path, table):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nasforge", "search", "--method", "random", "--evaluator", "train", "--space", "nb201",
-           "--build-opt", "C=4", "--build-opt", "N=1", "--train-subset", "400", "--epochs", "2", "--trials", "30",
+           "--build-opt", "C=4", "--build-opt", "N=1", "--train-subset", "800", "--epochs", "3", "--trials", "40",
            "--workers", "2", "--no-final-train", "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 120
@@ -295,8 +295,9 @@ def test_sigterm_stops_every_worker_and_the_run_resumes(tmp_path, table):
     assert "Rerun the same command to resume" in output
     study = Study(out / "study.db")
     assert study.counts().get("RUNNING", 0) == 0  # each worker recorded its trial as interrupted
+    assert len(study.completed()) < 40  # the signal landed mid-search
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=300)
-    _check_log(study, 30, no_repeats=False)
+    _check_log(study, 40, no_repeats=False)
 
 
 def test_ray_executor_runs_trials_as_ray_tasks(tmp_path, table):

@@ -54,6 +54,7 @@ and the steps run as before.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -173,6 +174,14 @@ def shutdown() -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Leave together: a rank that tears its gloo group down while the other is still in it can
+            # abort ("terminate called without an active exception"). Bounded, so a rank whose partner
+            # died does not wait forever.
+            with contextlib.suppress(Exception):
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+                else:
+                    dist.barrier()
             dist.destroy_process_group()
     _active, _owns_group = None, False
 
