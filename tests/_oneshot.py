@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 import nasforge
-from nasforge.train.oneshot import OneShotContext
+from nasforge.train.oneshot import OneShotContext, SearchRun
 
 #: Supernet options of the tiny test networks, per space.
 NETS: dict[str, dict[str, Any]] = {
@@ -22,3 +26,26 @@ def make_ctx(splits: tuple[Any, Any], space: str = "nb201", **kwargs: Any) -> On
         space=nasforge.get_space(space), train_set=train, valid_set=valid, num_classes=10, input_shape=(1, 8, 8),
         supernet_kwargs=NETS[space], log=lambda _: None, **kwargs,
     )
+
+
+class Killed(Exception):
+    """A simulated kill of a one-shot search (raised by :func:`killed_after`)."""
+
+
+@contextlib.contextmanager
+def killed_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> Iterator[None]:
+    """The search run in the block dies right after its ``steps``-th step is done (that step's
+    checkpoint, if one is due, is written first); the block must end with that kill."""
+    done = SearchRun.step_done
+    count = {"n": 0}
+
+    def step_done(self: SearchRun, **metrics: float) -> None:
+        done(self, **metrics)
+        count["n"] += 1
+        if count["n"] == steps:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(SearchRun, "step_done", step_done)
+        with pytest.raises(Killed):
+            yield

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import nasforge
+from _oneshot import killed_after
 from nasforge import registry
 from nasforge.cli import main
 from nasforge.errors import ConfigError
@@ -31,7 +32,7 @@ from nasforge.methods.fbnet import (
 )
 from nasforge.nn.choice import Choice
 from nasforge.policies import GumbelPolicy
-from nasforge.train.oneshot import OneShotContext, SearchRun
+from nasforge.train.oneshot import OneShotContext
 
 #: a tiny CIFAR-preset MobileNet space: kernels 3 / 5, expansion 1, skip on later layers
 TINY_SPACE: dict[str, Any] = {"preset": "cifar", "width_mult": 0.25, "kernels": [3, 5], "expansions": [1]}
@@ -228,22 +229,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
     opts = fast(table_path, epochs=2, warmup_epochs=0)
     ref = fbnet(make_ctx(splits, run_dir=tmp_path / "full", checkpoint_every=1), **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)  # the checkpoint of this step is written first
-        steps["n"] += 1
-        if steps["n"] == 3:  # the first theta step of epoch 0
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
-        with pytest.raises(Killed):
-            fbnet(make_ctx(splits, run_dir=tmp_path / "cut", checkpoint_every=1), **opts)
+    with killed_after(monkeypatch, 3):  # the first theta step of epoch 0
+        fbnet(make_ctx(splits, run_dir=tmp_path / "cut", checkpoint_every=1), **opts)
     torch.manual_seed(123)  # the resumed run must not depend on the caller's RNG
     res = fbnet(make_ctx(splits, run_dir=tmp_path / "cut", checkpoint_every=1), **opts)
     assert res.strengths == ref.strengths and res.arch == ref.arch and res.info == ref.info

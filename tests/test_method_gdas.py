@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from _oneshot import make_ctx
+from _oneshot import killed_after, make_ctx
 from nasforge import registry
 from nasforge.errors import ConfigError
 from nasforge.methods import gdas as gdas_mod
 from nasforge.methods.gdas import GdasConfig, gdas, gdas_tau
 from nasforge.nn.choice import Choice
 from nasforge.policies import HardGumbelPolicy
-from nasforge.train.oneshot import OneShotContext, SearchRun
+from nasforge.train.oneshot import OneShotContext
 
 FAST = {"batch_size": 16}
 
@@ -192,23 +192,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         torch.manual_seed(0)
         ref = gdas(ctx, **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)  # the checkpoint of this step is written first
-        steps["n"] += 1
-        if steps["n"] == 3:  # mid-epoch 1
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
+    with killed_after(monkeypatch, 3):  # mid-epoch 1
         torch.manual_seed(0)
-        with pytest.raises(Killed):
-            gdas(make_ctx(splits, "nb201", run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
+        gdas(make_ctx(splits, "nb201", run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
     with monkeypatch.context() as m:
         ctx = make_ctx(splits, "nb201", run_dir=tmp_path / "killed", checkpoint_every=1)
         again = capture(m, ctx)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nasforge
-from _oneshot import make_ctx
+from _oneshot import killed_after, make_ctx
 from nasforge import registry
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.methods import one_shot as mod
@@ -28,7 +28,7 @@ from nasforge.methods.one_shot import (
 from nasforge.nn.choice import Choice
 from nasforge.nn.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
 from nasforge.train.bilevel import weight_step_pieces
-from nasforge.train.oneshot import OneShotContext, SearchRun, path_accuracy
+from nasforge.train.oneshot import OneShotContext, path_accuracy
 
 FAST: dict[str, Any] = {"batch_size": 16, "ghost_batch_size": 6, "num_samples": 12, "eval_batches": 2}
 
@@ -286,24 +286,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         full = capture(m, ctx)
         ref = one_shot(ctx, **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)
-        steps["n"] += 1
-        if steps["n"] == 5:  # mid-epoch 1; the last checkpoint is the one of step 4
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
+    with killed_after(monkeypatch, 5):  # mid-epoch 1; the last checkpoint is the one of step 4
         torch.manual_seed(7)
-        with pytest.raises(Killed):
-            one_shot(make_ctx(splits, "nb201", run_dir=tmp_path / "cut", max_batches_per_epoch=3,
-                              checkpoint_every=2), **opts)
+        one_shot(make_ctx(splits, "nb201", run_dir=tmp_path / "cut", max_batches_per_epoch=3,
+                          checkpoint_every=2), **opts)
     assert torch.load(tmp_path / "cut" / "search.pt", weights_only=False)["step"] == 4
     with monkeypatch.context() as m:
         ctx = make_ctx(splits, "nb201", run_dir=tmp_path / "cut", max_batches_per_epoch=3, checkpoint_every=2)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nasforge
+from _oneshot import killed_after
 from nasforge import registry
 from nasforge.cli import main
 from nasforge.errors import ConfigError
@@ -24,7 +25,7 @@ from nasforge.methods.proxylessnas import ProxylessConfig, proxylessnas
 from nasforge.nn.choice import Choice, Gates
 from nasforge.policies.binary_gate import BinaryGatePolicy, pair_alpha_grad, rescale_pair
 from nasforge.train.bilevel import weight_step
-from nasforge.train.oneshot import OneShotContext, SearchRun
+from nasforge.train.oneshot import OneShotContext
 
 TINY_SPACE: dict[str, Any] = {"preset": "cifar", "width_mult": 0.25, "kernels": [3, 5], "expansions": [1]}
 #: every batch has an architecture step, no warm-up, no skipped first epoch
@@ -297,22 +298,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         full = capture(m, ctx)
         ref = proxylessnas(ctx, **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)
-        steps["n"] += 1
-        if steps["n"] == 4:  # mid-epoch 1 (the first joint epoch)
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
-        with pytest.raises(Killed):
-            proxylessnas(make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
+    with killed_after(monkeypatch, 4):  # mid-epoch 1 (the first joint epoch)
+        proxylessnas(make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
     with monkeypatch.context() as m:
         ctx = make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1)
         again = capture(m, ctx)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import nasforge
-from _oneshot import make_ctx
+from _oneshot import killed_after, make_ctx
 from nasforge import registry
 from nasforge.arch import Arch
 from nasforge.errors import BudgetError, ConfigError
@@ -22,7 +22,7 @@ from nasforge.methods.rsps import RspsConfig, rsps, two_stage_ranking
 from nasforge.nn.choice import Choice
 from nasforge.policies import UniformPolicy
 from nasforge.spaces.nb201 import OPS
-from nasforge.train.oneshot import OneShotContext, SearchRun, path_accuracy
+from nasforge.train.oneshot import OneShotContext, path_accuracy
 
 FAST: dict[str, Any] = {"batch_size": 16, "num_samples": 12, "screen_batches": 1, "top_k": 4, "final_batches": 3}
 
@@ -241,23 +241,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         full = capture(m, ctx)
         ref = rsps(ctx, **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)
-        steps["n"] += 1
-        if steps["n"] == 5:  # mid-epoch 1; the last checkpoint is the one of step 4
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
-        with pytest.raises(Killed):
-            rsps(make_ctx(splits, "darts", run_dir=tmp_path / "cut", max_batches_per_epoch=3, checkpoint_every=2),
-                 **opts)
+    with killed_after(monkeypatch, 5):  # mid-epoch 1; the last checkpoint is the one of step 4
+        rsps(make_ctx(splits, "darts", run_dir=tmp_path / "cut", max_batches_per_epoch=3, checkpoint_every=2),
+             **opts)
     with monkeypatch.context() as m:
         ctx = make_ctx(splits, "darts", run_dir=tmp_path / "cut", max_batches_per_epoch=3, checkpoint_every=2)
         again = capture(m, ctx)

@@ -11,13 +11,13 @@ import torch
 from torch.utils.data import Subset
 
 import nasforge
-from _oneshot import NETS
+from _oneshot import NETS, killed_after
 from nasforge import registry
 from nasforge.errors import ConfigError
 from nasforge.methods import snas as snas_mod
 from nasforge.methods.snas import SnasConfig, candidate_costs, concrete_log_prob, snas, snas_tau
 from nasforge.policies import GumbelPolicy
-from nasforge.train.oneshot import OneShotContext, SearchRun
+from nasforge.train.oneshot import OneShotContext
 
 FAST = {"batch_size": 16}
 
@@ -190,23 +190,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
         torch.manual_seed(0)
         ref = snas(ctx, **opts)
 
-    class Killed(Exception):
-        pass
-
-    done = SearchRun.step_done
-    steps = {"n": 0}
-
-    def step_done(self: SearchRun, **metrics: float) -> None:
-        done(self, **metrics)  # this step's checkpoint is written first
-        steps["n"] += 1
-        if steps["n"] == 3:  # mid-epoch 1
-            raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(SearchRun, "step_done", step_done)
+    with killed_after(monkeypatch, 3):  # mid-epoch 1
         torch.manual_seed(0)
-        with pytest.raises(Killed):
-            snas(make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
+        snas(make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1), **opts)
     with monkeypatch.context() as m:
         ctx = make_ctx(splits, run_dir=tmp_path / "killed", checkpoint_every=1)
         again = capture(m, ctx)

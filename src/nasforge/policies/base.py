@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +42,27 @@ class Policy(nn.Module):
     def strengths(self) -> dict[str, torch.Tensor]:
         """Per choice key, one detached number per candidate: what a space's ``derive`` reads."""
         raise NotImplementedError
+
+
+class SeededUniformPolicy(Policy):
+    """A policy that prefers no candidate and draws its paths from its own seeded ``random.Random``,
+    whose state is part of ``state_dict()`` (so a resumed search draws the same paths). What SPOS'
+    uniform sampling and FairNAS' strict fairness share; they differ in what they draw."""
+
+    def __init__(self, choices: Mapping[str, Sequence[str]], *, seed: int = 0) -> None:
+        super().__init__(choices)
+        self.rng = random.Random(seed)
+
+    def strengths(self) -> dict[str, torch.Tensor]:
+        """Uniform: no candidate is preferred (these methods derive by ranking samples instead)."""
+        return {k: torch.full((len(v),), 1.0 / len(v)) for k, v in self.choices.items()}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"version": version, "state": list(internal), "gauss": gauss}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.rng.setstate((int(state["version"]), tuple(int(v) for v in state["state"]), state["gauss"]))
 
 
 class ArchLogits(nn.Module):

@@ -16,16 +16,12 @@ candidates, so each of its candidates runs once or twice. With equal counts (the
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-import torch
-
-from nasforge.policies.base import Policy
+from nasforge.policies.base import SeededUniformPolicy
 
 
-class FairPolicy(Policy):
+class FairPolicy(SeededUniformPolicy):
     """:meth:`paths` draws the ``m`` single paths of one strictly fair step.
 
     The RNG is the policy's own (seeded) and its state is part of ``state_dict()``. Calling the
@@ -35,8 +31,7 @@ class FairPolicy(Policy):
     name = "fair"
 
     def __init__(self, choices: Mapping[str, Sequence[str]], *, seed: int = 0) -> None:
-        super().__init__(choices)
-        self.rng = random.Random(seed)
+        super().__init__(choices, seed=seed)
 
     @property
     def models_per_step(self) -> int:
@@ -61,14 +56,3 @@ class FairPolicy(Policy):
                 order += more[: m - len(order)]
             columns[key] = order
         return [{key: columns[key][i] for key in self.choices} for i in range(m)]
-
-    def strengths(self) -> dict[str, torch.Tensor]:
-        """Uniform: no candidate is preferred (FairNAS selects by evolution instead)."""
-        return {k: torch.full((len(v),), 1.0 / len(v)) for k, v in self.choices.items()}
-
-    def get_extra_state(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
-        return {"version": version, "state": list(internal), "gauss": gauss}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.rng.setstate((int(state["version"]), tuple(int(v) for v in state["state"]), state["gauss"]))

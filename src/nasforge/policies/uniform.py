@@ -10,18 +10,13 @@ chosen edges and ``none`` elsewhere, as the RSPS reference samples genotypes.
 
 from __future__ import annotations
 
-import random
-from typing import Any
-
-import torch
-
 from nasforge.arch import Arch
 from nasforge.nn.choice import Path, Supernet
-from nasforge.policies.base import Policy
+from nasforge.policies.base import SeededUniformPolicy
 from nasforge.spaces.base import SearchSpace
 
 
-class UniformPolicy(Policy):
+class UniformPolicy(SeededUniformPolicy):
     """``forward()`` draws ``space.sample(rng)`` and returns its single path in ``supernet``.
 
     The RNG is the policy's own (seeded), and its state is part of ``state_dict()``.
@@ -31,9 +26,8 @@ class UniformPolicy(Policy):
     name = "uniform"
 
     def __init__(self, space: SearchSpace, supernet: Supernet, *, seed: int = 0) -> None:
-        super().__init__(supernet.choices())
+        super().__init__(supernet.choices(), seed=seed)
         self.space, self._supernet_path = space, supernet.path_for
-        self.rng = random.Random(seed)
         self.last: Arch | None = None
 
     def sample(self) -> Arch:
@@ -43,14 +37,3 @@ class UniformPolicy(Policy):
     def forward(self) -> Path:
         self.last = self.sample()
         return self._supernet_path(self.last)
-
-    def strengths(self) -> dict[str, torch.Tensor]:
-        """Uniform: every candidate equally strong (RSPS derives by ranking samples instead)."""
-        return {k: torch.full((len(v),), 1.0 / len(v)) for k, v in self.choices.items()}
-
-    def get_extra_state(self) -> dict[str, Any]:
-        version, internal, gauss = self.rng.getstate()
-        return {"version": version, "state": list(internal), "gauss": gauss}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.rng.setstate((int(state["version"]), tuple(int(v) for v in state["state"]), state["gauss"]))
