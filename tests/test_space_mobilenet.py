@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import nasforge
 from nasforge.arch import Arch
 from nasforge.errors import ArchError, ConfigError
 from nasforge.hardware.cost import measure
@@ -361,3 +362,59 @@ def test_supernet_weight_paths() -> None:
         sn(x, {"s1_l0": "ir_k3_e2"})
     with pytest.raises(ArchError):
         sn.path_for("ir_k3_e2")
+
+
+# ---- FBNet's group-convolution blocks (group_conv=True) ----------------------------------------
+
+
+FBNET_CFG = {"preset": "cifar", "width_mult": 0.25, "kernels": [3, 5], "expansions": [1, 3, 6], "group_conv": True}
+
+
+def test_group_conv_gives_fbnets_nine_candidates() -> None:
+    space = nasforge.get_space("mobilenet", **FBNET_CFG)
+    assert space.decisions()["s1_l1"] == (
+        "ir_k3_e1", "ir_k3_e1_g2", "ir_k3_e3", "ir_k3_e6", "ir_k5_e1", "ir_k5_e1_g2", "ir_k5_e3", "ir_k5_e6", "skip",
+    )
+    assert space.config()["group_conv"] is True
+    assert "group_conv" not in nasforge.get_space("mobilenet").config()  # old tables and runs keep matching
+    with pytest.raises(ConfigError, match="has no 1"):
+        nasforge.get_space("mobilenet", expansions=[3, 6], group_conv=True)
+    with pytest.raises(ConfigError, match="group_conv must be True or False"):
+        nasforge.get_space("mobilenet", group_conv="yes")
+
+
+def test_group_block_is_fbnets_irfblock() -> None:
+    """1x1 group conv (kept at e1), channel shuffle, depthwise, 1x1 group conv (authors' IRFBlock)."""
+    block = MBConv(16, 16, 3, 1, 1, groups=2)
+    assert block.expand[0].groups == 2 and block.expand[0].weight.shape == (16, 8, 1, 1)
+    assert block.project[0].groups == 2 and block.project[0].weight.shape == (16, 8, 1, 1)
+    assert block.depthwise[0].groups == 16
+    plain = MBConv(16, 16, 3, 1, 1)
+    assert isinstance(plain.expand, torch.nn.Identity) and isinstance(plain.shuffle, torch.nn.Identity)
+    # the shuffle interleaves the two groups: channel j of group g goes to position 2 j + g
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert block.shuffle(x).flatten().tolist() == [0.0, 4.0, 1.0, 5.0, 2.0, 6.0, 3.0, 7.0]
+    # without the shuffle, group 0 of the output would only ever see group 0 of the input
+    block.eval()
+    x = torch.zeros(1, 16, 4, 4)
+    x[:, :8] = torch.randn(1, 8, 4, 4)
+    y = block(x) - x  # the residual branch
+    assert y[:, 8:].abs().sum() > 0
+    with pytest.raises(ConfigError, match="groups must be a positive integer dividing"):
+        MBConv(12, 12, 3, 1, 1, groups=5)
+
+
+def test_group_options_round_trip_and_match_the_supernet() -> None:
+    space = nasforge.get_space("mobilenet", **FBNET_CFG)
+    arch = space.make({d: ("ir_k5_e1_g2" if "ir_k5_e1_g2" in o else o[0]) for d, o in space.decisions().items()})
+    text = space.format(arch)
+    assert "_e1_c8_g2" in text and space.parse(text) == arch
+    with pytest.raises(ArchError, match="group convolution g2 is not searched"):
+        nasforge.get_space("mobilenet", preset="cifar", width_mult=0.25, kernels=[3, 5], expansions=[1]).parse(text)
+    with pytest.raises(ArchError, match="g4 is not searched"):
+        space.parse(text.replace("_g2", "_g4", 1))
+    supernet = space.supernet().eval()
+    net = space.build(arch).eval()
+    net.load_state_dict(supernet.subnet_state_dict(arch))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(net(x), supernet(x, supernet.path_for(arch)))

@@ -45,9 +45,11 @@ pass ``latency_unit=us`` (small CPU networks run in well under a millisecond).
 Deviations from the paper, stated explicitly:
 
 * **Space.** The paper's 9 candidates per layer are k3/k5 with expansion 1, 3 and 6, k3/k5 with
-  expansion 1 and group convolution (2 groups, with channel shuffle), and skip. The ``mobilenet``
-  space has no group-convolution blocks, so ``--space-opt kernels=[3,5] --space-opt
-  expansions=[1,3,6]`` gives the paper's other 7 (:data:`FBNET_SPACE`). ``skip`` is not offered on
+  expansion 1 and group convolution (2 groups, with channel shuffle), and skip: ``--space-opt
+  kernels=[3,5] --space-opt expansions=[1,3,6] --space-opt group_conv=true`` (:data:`FBNET_SPACE`).
+  The group blocks follow the authors' ``IRFBlock`` (1x1 group conv, shuffle, depthwise, 1x1 group
+  conv); the plain expansion-1 blocks are the space's MobileNetV2 ``MBConv1`` without the 1x1
+  expansion conv, which ``IRFBlock`` keeps even at expansion 1. ``skip`` is not offered on
   the first layer of a stage (where stride or width change; the paper's 22-layer macro
   architecture differs too: this is the ProxylessNAS backbone of the ``mobilenet`` space, 21
   searchable layers, with its ``preset=cifar`` variant for 32x32 inputs).
@@ -98,8 +100,8 @@ from nasforge.train.oneshot import (
 if TYPE_CHECKING:
     from nasforge.hardware.lut import LatencyTable
 
-#: ``--space-opt`` values giving the paper's candidates without its two group-convolution blocks.
-FBNET_SPACE: dict[str, Any] = {"kernels": [3, 5], "expansions": [1, 3, 6], "allow_skip": True}
+#: ``--space-opt`` values giving the paper's 9 candidates (k3/k5 x e1/e3/e6, k3/k5 e1 with 2 groups, skip).
+FBNET_SPACE: dict[str, Any] = {"kernels": [3, 5], "expansions": [1, 3, 6], "allow_skip": True, "group_conv": True}
 #: Latency units: factor from the table's milliseconds.
 LATENCY_UNITS: dict[str, float] = {"ms": 1.0, "us": 1000.0}
 #: Offset of the final sampling generator's seed from the run's seed (independent of the search's draws).

@@ -124,6 +124,18 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(s)
 
 
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (Zhang et al., CVPR 2018): ``(N, g*c, H, W)`` -> interleave the ``g`` groups."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MBConv(nn.Module):
     """Inverted residual block (MobileNetV2 / ProxylessNAS ``MBConv{e}`` with a kxk depthwise).
 
@@ -138,14 +150,20 @@ class MBConv(nn.Module):
         se: insert :class:`SqueezeExcite` after the depthwise conv (MnasNet / MobileNetV3).
         residual: add the identity shortcut; ``None`` means "when ``stride == 1`` and
             ``in_channels == out_channels``". Pass ``False`` to force a plain block.
+        groups: groups of the two 1x1 convolutions (FBNet's ``k3_e1_g2`` / ``k5_e1_g2`` blocks,
+            Wu et al. CVPR 2019, Table 1). With ``groups > 1`` the 1x1 expansion conv is always
+            present (also at ``e == 1``) and its output is channel-shuffled with ``groups``
+            groups before the depthwise conv, as the FBNet authors' ``IRFBlock``
+            (``facebookresearch/maskrcnn-benchmark`` ``fbnet_builder.py``, ``shuffle_type="mid"``).
 
-    Submodule names (``expand``, ``depthwise``, ``se``, ``project``) are stable: the mobile
-    supernet relies on them to map its weights onto stand-alone networks.
+    Submodule names (``expand``, ``shuffle``, ``depthwise``, ``se``, ``project``) are stable: the
+    mobile supernet relies on them to map its weights onto stand-alone networks.
     """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
         expansion: int = 6, activation: str = "relu6", se: bool = False, residual: bool | None = None,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -155,6 +173,14 @@ class MBConv(nn.Module):
         if stride not in (1, 2):
             raise ConfigError(f"MBConv stride must be 1 or 2, got {stride!r}")
         hidden = in_channels * expansion
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or any(
+            c % groups for c in (in_channels, hidden, out_channels)
+        ):
+            raise ConfigError(
+                f"MBConv groups must be a positive integer dividing the channels {in_channels} -> {hidden} -> "
+                f"{out_channels}, got {groups!r}"
+            )
+        self.groups = groups
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.expansion = kernel_size, stride, expansion
         can_add = stride == 1 and in_channels == out_channels
@@ -165,17 +191,19 @@ class MBConv(nn.Module):
             )
         self.use_residual = can_add if residual is None else residual
         self.expand: nn.Module = (
-            ConvBNAct(in_channels, hidden, 1, activation=activation) if expansion != 1 else nn.Identity()
+            ConvBNAct(in_channels, hidden, 1, groups=groups, activation=activation)
+            if expansion != 1 or groups > 1 else nn.Identity()
         )
+        self.shuffle: nn.Module = ChannelShuffle(groups) if groups > 1 else nn.Identity()
         self.depthwise = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, activation=activation)
         self.se: nn.Module = (
             SqueezeExcite(hidden, make_divisible(hidden * SE_RATIO), hard_gate=activation == "hswish")
             if se else nn.Identity()
         )
-        self.project = ConvBNAct(hidden, out_channels, 1, activation=None)  # linear bottleneck
+        self.project = ConvBNAct(hidden, out_channels, 1, groups=groups, activation=None)  # linear bottleneck
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.se(self.depthwise(self.expand(x))))
+        y = self.project(self.se(self.depthwise(self.shuffle(self.expand(x)))))
         return x + y if self.use_residual else y
 
 

@@ -81,10 +81,12 @@ PROXYLESSNAS_MOBILE: dict[str, str] = {
     "s6_l0": "ir_k7_e6",
 }
 
-_OPTION_RE = re.compile(r"ir_k(\d+)_e(\d+)(_se)?")
-_BLOCK_RE = re.compile(r"ir(?:_r(\d+))?_k(\d+)_s(\d+)_e(\d+)_c(\d+)(_se0\.25)?")
+_OPTION_RE = re.compile(r"ir_k(\d+)_e(\d+)(?:_g(\d+))?(_se)?")
+_BLOCK_RE = re.compile(r"ir(?:_r(\d+))?_k(\d+)_s(\d+)_e(\d+)_c(\d+)(?:_g(\d+))?(_se0\.25)?")
 _SKIP_RE = re.compile(r"skip(?:_r(\d+))?")
-_GRAMMAR = "ir[_rR]_kK_sS_eE_cC[_se0.25] or skip[_rR]"
+_GRAMMAR = "ir[_rR]_kK_sS_eE_cC[_g2][_se0.25] or skip[_rR]"
+#: Groups of the 1x1 convolutions of FBNet's group-convolution blocks (``k3_e1_g2``, ``k5_e1_g2``).
+FBNET_GROUPS = 2
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,19 @@ class Layer:
 
 
 def _parse_option(option: str) -> tuple[int, int, bool]:
-    """(kernel, expansion, se) of an ``ir_k{k}_e{e}[_se]`` option name."""
+    """(kernel, expansion, se) of an ``ir_k{k}_e{e}[_g{g}][_se]`` option name."""
     m = _OPTION_RE.fullmatch(option)
     if m is None:
         raise ArchError(f"not an MBConv option: {option!r}")
-    return int(m.group(1)), int(m.group(2)), m.group(3) is not None
+    return int(m.group(1)), int(m.group(2)), m.group(4) is not None
+
+
+def option_groups(option: str) -> int:
+    """Groups of the 1x1 convolutions of an ``ir_...`` option (1 unless it ends in ``_g{g}[_se]``)."""
+    m = _OPTION_RE.fullmatch(option)
+    if m is None:
+        raise ArchError(f"not an MBConv option: {option!r}")
+    return int(m.group(3)) if m.group(3) else 1
 
 
 @register("space", "mobilenet")
@@ -121,6 +131,10 @@ class MobileNetSpace(SearchSpace):
         se: ``False``, ``True`` (SE on every searchable block) or ``"search"`` (SE per layer).
         activation: ``"relu"`` (MnasNet), ``"relu6"`` (MobileNetV2 / ProxylessNAS, default) or
             ``"hswish"`` (MobileNetV3; used everywhere here, and it makes the SE gate hard).
+        group_conv: also offer FBNet's group-convolution blocks ``ir_k{k}_e1_g2`` for every kernel
+            (expansion 1, both 1x1 convs in 2 groups, channel shuffle after the first; Wu et al.
+            2019, Table 1); needs 1 in ``expansions``. Left out of :meth:`config` while False, so
+            tables and runs written before the option keep matching.
 
     Raises:
         ConfigError: a value outside the choices above.
@@ -136,7 +150,7 @@ class MobileNetSpace(SearchSpace):
     def __init__(
         self, *, preset: str = "proxyless", width_mult: float = 1.0, kernels: Sequence[int] = (3, 5, 7),
         expansions: Sequence[int] = (3, 6), allow_skip: bool = True, se: bool | str = False,
-        activation: str = "relu6",
+        activation: str = "relu6", group_conv: bool = False,
     ) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown mobilenet preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -156,6 +170,13 @@ class MobileNetSpace(SearchSpace):
             raise ConfigError(f"se must be one of {', '.join(map(repr, SE_MODES))}; got {se!r}")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if not isinstance(group_conv, bool):
+            raise ConfigError(f"group_conv must be True or False, got {group_conv!r}")
+        if group_conv and 1 not in self.expansions:
+            raise ConfigError(
+                f"group_conv=True adds FBNet's expansion-1 group blocks; expansions {list(self.expansions)} has no 1"
+            )
+        self.group_conv = group_conv
         self.preset, self.width_mult = preset, float(width_mult)
         self.allow_skip, self.se, self.activation = allow_skip, se, activation
 
@@ -178,9 +199,11 @@ class MobileNetSpace(SearchSpace):
         blocks = []
         for k in self.kernels:
             for e in self.expansions:
-                blocks.append(f"ir_k{k}_e{e}")
-                if se == "search":
-                    blocks.append(f"ir_k{k}_e{e}_se")
+                variants = [f"ir_k{k}_e{e}"] + ([f"ir_k{k}_e{e}_g{FBNET_GROUPS}"] if group_conv and e == 1 else [])
+                for v in variants:
+                    blocks.append(v)
+                    if se == "search":
+                        blocks.append(f"{v}_se")
         self._decisions = {
             layer.name: tuple(blocks) + (("skip",) if allow_skip and layer.index > 0 else ())
             for layer in self.layers
@@ -224,11 +247,14 @@ class MobileNetSpace(SearchSpace):
         return stages
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "preset": self.preset, "width_mult": self.width_mult, "kernels": list(self.kernels),
             "expansions": list(self.expansions), "allow_skip": self.allow_skip, "se": self.se,
             "activation": self.activation,
         }
+        if self.group_conv:
+            config["group_conv"] = True
+        return config
 
     def _has_se(self, option: str) -> bool:
         return self.se is True or option.endswith("_se")
@@ -250,8 +276,10 @@ class MobileNetSpace(SearchSpace):
                     groups.append(f"skip_r{r}")
                 else:
                     k, e, _ = _parse_option(option)
+                    g = option_groups(option)
                     se = "_se0.25" if self._has_se(option) else ""
-                    groups.append(f"ir_r{r}_k{k}_s{layers[i].stride}_e{e}_c{c}{se}")
+                    gs = f"_g{g}" if g > 1 else ""
+                    groups.append(f"ir_r{r}_k{k}_s{layers[i].stride}_e{e}_c{c}{gs}{se}")
                 i += r
             stages.append(" ".join(groups))
         return " | ".join(stages)
@@ -302,7 +330,11 @@ class MobileNetSpace(SearchSpace):
         if m is None:
             raise ArchError(f"cannot parse block {tok!r} in stage {si}; expected {_GRAMMAR}")
         r = self._repeats(tok, m.group(1))
-        k, s, e, c_text, se_tok = int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5)), m.group(6)
+        k, s, e, c_text, se_tok = int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5)), m.group(7)
+        g = int(m.group(6)) if m.group(6) else 1
+        if g != 1 and not (self.group_conv and g == FBNET_GROUPS and e == 1):
+            offered = f"only _g{FBNET_GROUPS} with e1" if self.group_conv else "none (group_conv=False)"
+            raise ArchError(f"{tok!r}: group convolution g{g} is not searched; offered: {offered}")
         if k not in self.kernels:
             raise ArchError(f"kernel {k} in {tok!r} is not searched; valid: {', '.join(map(str, self.kernels))}")
         if e not in self.expansions:
@@ -321,7 +353,8 @@ class MobileNetSpace(SearchSpace):
             raise ArchError(f"{tok!r}: this space has se=True, every block needs _se0.25")
         if self.se is False and has_se:
             raise ArchError(f"{tok!r}: this space has se=False; drop _se0.25 (or use se='search')")
-        return f"ir_k{k}_e{e}" + ("_se" if has_se and self.se == "search" else ""), r
+        gs = f"_g{g}" if g > 1 else ""
+        return f"ir_k{k}_e{e}{gs}" + ("_se" if has_se and self.se == "search" else ""), r
 
     @staticmethod
     def _repeats(tok: str, text: str | None) -> int:
@@ -337,7 +370,7 @@ class MobileNetSpace(SearchSpace):
             return nn.Identity()
         k, e, _ = _parse_option(option)
         return MBConv(layer.in_channels, layer.out_channels, k, layer.stride, e,
-                      activation=self.activation, se=self._has_se(option))
+                      activation=self.activation, se=self._has_se(option), groups=option_groups(option))
 
     def _check_net_args(self, num_classes: int, in_channels: int, dropout: float, extra: Mapping[str, Any]) -> None:
         if extra:
