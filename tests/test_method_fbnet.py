@@ -16,7 +16,7 @@ import nasforge
 from _oneshot import killed_after
 from nasforge import registry
 from nasforge.cli import main
-from nasforge.errors import ConfigError
+from nasforge.errors import BudgetError, ConfigError
 from nasforge.hardware.latency import LatencySpec
 from nasforge.hardware.lut import build_lut, load_lut
 from nasforge.hardware.objectives import FBNetLoss
@@ -275,3 +275,26 @@ def test_cli_end_to_end(table_path: Path, tmp_path: Path) -> None:
     assert results["best"]["arch"] == results["info"]["argmax"]["arch"] and len(results["info"]["samples"]) == 3
     assert space().parse(results["best"]["arch"])
     assert (out / "search" / "search.pt").exists()
+
+
+def test_a_limit_picks_the_most_likely_feasible_candidate_and_a_rerun_only_picks_again(
+    splits: tuple[Any, Any], synthetic_path: Path, tmp_path: Path,
+) -> None:
+    sp, table = space(), load_lut(synthetic_path)
+    opts = fast(synthetic_path, num_samples=6)
+    free = fbnet(make_ctx(splits, seed=5, run_dir=tmp_path / "run"), **opts)
+    candidates = [free.info["argmax"], *free.info["samples"]]
+    latencies = sorted({round(c["predicted_latency_ms"], 9) for c in candidates})
+    assert len(latencies) >= 2, "the test needs candidates of different predicted latency"
+    limit = latencies[0] + 1e-6  # only the fastest candidate(s) meet it
+    picked = fbnet(make_ctx(splits, seed=5, run_dir=tmp_path / "run"), **opts, constraints=(f"latency_ms<={limit}",))
+    feasible = [c for c in candidates if c["predicted_latency_ms"] <= limit]
+    best = max(feasible, key=lambda c: c["log_prob"])
+    assert sp.format(picked.arch) == best["arch"] and table.predict(picked.arch) <= limit
+    # the rerun resumed the finished search: same distribution, nothing trained again
+    assert picked.strengths == free.strengths and picked.history == free.history
+    assert picked.info["result"]["arch"] == best["arch"] and picked.info["constraints"] == [f"latency_ms<={limit}"]
+    with pytest.raises(BudgetError, match=r"closest seen: smallest latency_ms \d"):
+        fbnet(make_ctx(splits, seed=5, run_dir=tmp_path / "run"), **opts, constraints=("latency_ms<=0.001",))
+    with pytest.raises(ConfigError, match="bad constraint"):
+        FbnetConfig(constraints=("latency_ms<=4ms",))

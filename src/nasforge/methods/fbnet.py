@@ -32,7 +32,13 @@ Algorithm, as implemented:
   generator seeded by the run's seed (:func:`sample_architectures`) and listed in
   ``info["samples"]`` with their log-probability and predicted latency; the **result is the most
   likely architecture** (argmax of ``theta`` per layer), also in ``info["argmax"]``. Train the
-  samples with ``nasforge train --arch ...`` to follow the paper's last step.
+  samples with ``nasforge train --arch ...`` to follow the paper's last step. With
+  ``constraints`` (``--constraint latency_ms<=4``, limits on ``latency_ms`` from the table,
+  ``params``, ``flops``, ``macs``), the result is the most likely of the argmax and the samples
+  that meets every limit (a ``BudgetError`` names the closest values when none does). The limits
+  are not part of the run's identity: rerunning with another limit resumes the finished search
+  and only picks again. The paper's loss has no target; picking among the samples by a limit is
+  this library's addition (the paper picks among its samples by training them).
 
 Latency table (``latency_table``, required): a table of this machine built by ``nasforge hardware
 build-lut`` for the same space config, input shape and number of classes (mismatches are refused,
@@ -78,6 +84,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from nasforge.arch import Arch
 from nasforge.errors import ConfigError
+from nasforge.evaluators.supernet import StandaloneCost, broken_limits, cost_limits, no_feasible_error
 from nasforge.hardware.objectives import FBNetLoss
 from nasforge.nn.choice import Supernet
 from nasforge.policies import GumbelPolicy
@@ -136,6 +143,7 @@ class FbnetConfig:
     latency_unit: str = "ms"  # unit of LAT in log(LAT): "ms" (paper) or "us" (sub-millisecond networks)
     init_scale: float = 0.0  # theta starts at init_scale * N(0, 1); 0: uniform P_theta (not checked; re-implementation: uniform)
     num_samples: int = 6  # architectures sampled from softmax(theta) at the end (not checked; paper: several)
+    constraints: tuple[str, ...] = ()  # HardLimits the result must meet, e.g. ("latency_ms<=4",): picks among argmax + samples
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -152,6 +160,10 @@ class FbnetConfig:
                 f"latency_unit must be one of {', '.join(LATENCY_UNITS)}, got {self.latency_unit!r}")
         require(_number(self.init_scale) and self.init_scale >= 0, f"init_scale must be >= 0, got {self.init_scale!r}")
         require_positive_int("num_samples", self.num_samples)
+        if isinstance(self.constraints, str):
+            object.__setattr__(self, "constraints", (self.constraints,))
+        object.__setattr__(self, "constraints", tuple(str(c) for c in self.constraints))
+        cost_limits(self.constraints)  # a bad limit fails before anything runs
         tau_end = fbnet_tau(self.epochs - 1, self.tau0, self.tau_decay)
         require(tau_end > 0, f"the temperature schedule reaches {tau_end!r} at the last epoch (tau0={self.tau0!r}, "
                              f"tau_decay={self.tau_decay!r}); it must stay > 0")
@@ -246,6 +258,24 @@ def _log_prob(space: SearchSpace, probs: Mapping[str, Tensor], arch: Arch) -> fl
     return float(sum(math.log(float(probs[k][options[k].index(arch[k])])) for k in options))
 
 
+def pick_feasible(ctx: OneShotContext, cfg: FbnetConfig, candidates: list[Arch], probs: Mapping[str, Tensor]) -> Arch:
+    """The most likely of ``candidates`` (under ``probs``) whose stand-alone network meets every limit of
+    ``cfg.constraints`` (``latency_ms`` predicted by the run's table); BudgetError naming the closest if none does."""
+    limits = cost_limits(cfg.constraints)
+    cost = StandaloneCost(ctx.space, input_shape=ctx.input_shape, num_classes=ctx.num_classes,
+                          latency_table=cfg.latency_table)
+    needed = {c.metric for c in limits}
+    unique = list(dict.fromkeys(candidates))
+    tried = [cost(a, needed) for a in unique]
+    feasible = [(a, m) for a, m in zip(unique, tried) if not broken_limits(limits, m)]
+    if not feasible:
+        raise no_feasible_error("fbnet (argmax and samples of the learned distribution)", limits, tried)
+    ranked = sorted(feasible, key=lambda am: -_log_prob(ctx.space, probs, am[0]))
+    ctx.log(f"fbnet: {len(feasible)} of {len(unique)} candidates meet {', '.join(cfg.constraints)}; "
+            f"taking the most likely")
+    return ranked[0][0]
+
+
 def search(ctx: OneShotContext, cfg: FbnetConfig) -> OneShotResult:
     table = load_table(ctx, cfg)  # before anything is built: a missing or mismatched table fails first
     latency_loss = LatencyAwareLoss(table, FBNetLoss(cfg.alpha, cfg.beta), cfg.latency_unit)
@@ -262,7 +292,9 @@ def search(ctx: OneShotContext, cfg: FbnetConfig) -> OneShotResult:
     a_opt = torch.optim.Adam(
         policy.parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay,
     )
-    run = ctx.open_run("fbnet", cfg, supernet=supernet, policy=policy, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
+    # The limits only pick among the final candidates: not part of the run's identity, so a rerun with
+    # another limit resumes the finished search and picks again (nothing is searched twice).
+    run = ctx.open_run("fbnet", dataclasses.replace(cfg, constraints=()), supernet=supernet, policy=policy, w_opt=w_opt, a_opt=a_opt, scheduler=scheduler)
     mask: dict[str, Any] = {}  # the mask of the step in progress (read by the loss)
 
     def draw() -> dict[str, Any]:
@@ -308,13 +340,17 @@ def search(ctx: OneShotContext, cfg: FbnetConfig) -> OneShotResult:
         return {"arch": ctx.space.format(arch), "log_prob": _log_prob(ctx.space, probs, arch),
                 "predicted_latency_ms": table.predict(arch)}
 
-    info = {
+    info: dict[str, Any] = {
         "argmax": record(best),
         "samples": [record(a) for a in samples],
         "expected_latency_ms": float(latency_loss.latency(probs)) / latency_loss.factor,
         "latency_table": cfg.latency_table,
         "result_rule": "argmax of theta per layer",
     }
+    if cfg.constraints:
+        best = pick_feasible(ctx, cfg, [best, *samples], probs)
+        info.update(result_rule="most likely of the argmax and the samples that meets every limit",
+                    constraints=list(cfg.constraints), result=record(best))
     return OneShotResult(arch=best, strengths=strengths_lists(probs), history=list(run.history),
                          seconds=run.seconds(), info=info)
 
