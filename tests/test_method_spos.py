@@ -54,7 +54,7 @@ def capture_supernet(monkeypatch: pytest.MonkeyPatch, ctx: OneShotContext) -> di
 
 
 def test_registered_with_paper_defaults() -> None:
-    assert registry.get("method", "spos") is spos and spos.spaces == ("mobilenet", "nb201")
+    assert registry.get("method", "spos") is spos and spos.spaces == ("mobilenet", "nb201", "shufflenet")
     cfg = SposConfig()
     assert (cfg.population_size, cfg.iterations, cfg.top_k, cfg.mutation_prob) == (50, 20, 10, 0.1)
     assert cfg.bn_recal_images == 20000

@@ -34,9 +34,17 @@ smoothing 0.1; evolution with population 50, 20 iterations, top-10, 25 mutants w
 
 Scope and deviations (stated explicitly):
 
-* the paper's ShuffleNetV2 block space and its channel-number search are not implemented; SPOS
-  runs on the ``mobilenet`` MBConv space (``--space-opt preset=cifar`` for 32x32 inputs) and on
-  ``nb201`` cells;
+* spaces: the paper's ShuffleNetV2 block space ``shufflenet`` (:mod:`nasforge.spaces.shufflenet`;
+  ``--space-opt channels=true`` adds the paper's channel-number search, each block's width sliced
+  out of shared weights allocated at the largest width; ``--space-opt preset=cifar`` for 32x32
+  inputs), and beyond the paper the ``mobilenet`` MBConv space and ``nb201`` cells. The paper's
+  limit of 330M FLOPs counts multiply-adds (the reference's ``get_flops``), so it is
+  ``constraints=("macs<=330M",)`` here, and it applies to the ImageNet layout
+  (``preset=imagenet``, 3x224x224 inputs); the uniform draw covers the channel scales as well
+  (every decision of the space uniformly and independently);
+* with channel search, the optimizer's weight decay and momentum act on the whole allocated
+  tensor of each sampled candidate (the gradient outside the sampled width is exactly zero);
+  the paper does not say how the unsampled channels of a sampled block are treated;
 * candidates are scored on fixed validation batches (``eval_batches``, default the whole split),
   the same for every candidate; the reference holds out 50,000 ImageNet training images;
 * BN statistics are recomputed as the equal-weight average over the recalibration batches
@@ -332,5 +340,5 @@ spos = register("method", "spos")(OneShotMethod(
           "Sampling', ECCV 2020",
     config_cls=SposConfig,
     search=search,
-    spaces=("mobilenet", "nb201"),
+    spaces=("mobilenet", "nb201", "shufflenet"),
 ))
