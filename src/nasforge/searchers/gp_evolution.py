@@ -38,6 +38,9 @@ The algorithm as implemented (one *iteration* proposes ``k`` architectures):
    d. queue the ``k`` best-ranked architectures among all those the GA scored that were never
       proposed (feasible first, then by score; topped up with uniform unseen samples if fewer).
 
+   The GA itself is :func:`nasforge.searchers._genetic.genetic_search` (shared with the
+   ChamNet method, :mod:`nasforge.methods.chamnet`).
+
 The score is the acquisition on the accuracy GP's posterior ``N(mean, std)``: ``"mean"``
 (default: ChamNet's GA maximises the predicted accuracy), ``"ei"`` (expected improvement over
 the best told fitness: the criterion of the BO sampling ChamNet builds its predictor with) or
@@ -69,7 +72,6 @@ Deviations from the paper:
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -80,17 +82,15 @@ from nasforge.errors import BudgetError, ConfigError, check_float, check_int, ch
 from nasforge.registry import register
 from nasforge.searchers._batches import BatchProposer, EncodingCache, sample_unseen
 from nasforge.searchers._encodings import check_encoding
+from nasforge.searchers._genetic import crossover, genetic_search
 from nasforge.searchers._surrogates import expected_improvement, fit_gp, single_threaded_blas
 from nasforge.searchers.base import Searcher
 from nasforge.spaces.base import SearchSpace
 
+__all__ = ["GPEvolution", "crossover"]  # crossover lives in _genetic; kept importable from here
+
 ACQUISITIONS: tuple[str, ...] = ("mean", "ei", "ucb")
 UCB_BETA = 2.0
-
-
-def crossover(space: SearchSpace, a: Arch, b: Arch, rng: random.Random) -> Arch:
-    """Uniform crossover: each decision from ``a`` or ``b`` with equal chance (may be invalid)."""
-    return Arch(space.name, tuple((d, o if rng.random() < 0.5 else b[d]) for d, o in a.choices))
 
 
 @register("method", "gp_evolution")
@@ -212,45 +212,15 @@ class GPEvolution(Searcher):
             return np.asarray(self._scorer(self.training_set(), 0)(archs)[0])
 
     # ---- one iteration -------------------------------------------------------------------
-    def _rank(self, archs: list[Arch], scored: dict[Arch, tuple[bool, float]]) -> list[Arch]:
-        """Feasible first, then by score (descending); ties keep the given order."""
-        return sorted(archs, key=lambda a: (not scored[a][0], -scored[a][1]))
-
     def evolve(self, data: list[tuple[Arch, float]]) -> tuple[list[Arch], dict[Arch, tuple[bool, float]]]:
-        """The GA of step 2c; returns every architecture it scored, ranked, and their
-        ``(feasible, score)``."""
+        """The GA of step 2c (:func:`nasforge.searchers._genetic.genetic_search`); returns every
+        architecture it scored, ranked, and their ``(feasible, score)``."""
         score = self._scorer(data, self.rng.getrandbits(31))
-        scored: dict[Arch, tuple[bool, float]] = {}
-
-        def add(archs: list[Arch]) -> None:
-            new = [a for a in dict.fromkeys(archs) if a not in scored]
-            if new:
-                feasible, s = score(new)
-                for a, f, v in zip(new, feasible, s):
-                    scored[a] = (bool(f), float(v))
-
         told = [a for a, _ in sorted(data, key=lambda t: -t[1])][: self.population_size // 2]
-        population = list(told)
-        while len(population) < self.population_size:
-            population.append(self.space.sample(self.rng))
-        population = list(dict.fromkeys(population))
-        add(population)
-        n_parents = max(1, round(self.parent_fraction * self.population_size))
-        for _ in range(self.generations):
-            parents = self._rank(population, scored)[:n_parents]
-            children = []
-            for _ in range(self.population_size):
-                if len(parents) > 1 and self.rng.random() < self.crossover_prob:
-                    a, b = self.rng.sample(parents, 2)
-                    child = crossover(self.space, a, b, self.rng)
-                    if child in (a, b) or not self.space.is_valid(child):
-                        child = self.space.mutate(a, self.rng)
-                else:
-                    child = self.space.mutate(self.rng.choice(parents), self.rng)
-                children.append(child)
-            add(children)
-            population = self._rank(list(dict.fromkeys(parents + children)), scored)[: self.population_size]
-        return self._rank(list(scored), scored), scored
+        return genetic_search(
+            self.space, score, self.rng, seeds=told, population_size=self.population_size,
+            generations=self.generations, parent_fraction=self.parent_fraction, crossover_prob=self.crossover_prob,
+        )
 
     def _next_batch(self) -> list[Arch]:
         self._code.keep_only({a for a, _ in self.history})  # the last iteration's candidates go
