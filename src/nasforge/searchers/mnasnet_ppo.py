@@ -46,8 +46,12 @@ ICLR 2017); ``clip = 0.2`` and ``ppo_epochs = 10`` are Schulman et al.'s MuJoCo 
 (Table 3; full-batch here since the batch is small).
 
 Deviations: one synchronous controller instead of NASNet's distributed workqueue; the search
-space is the one given (the paper's is the factorized hierarchical space, close to the
-``mobilenet`` space); no proxy-task training inside the method (the evaluator's business).
+space is the one given: the paper's factorized hierarchical space exists as ``mnasnet``
+(:mod:`nasforge.spaces.mnasnet`, seven blocks on MobileNetV2 with per-block ConvOp, kernel, SE,
+skip, filters and layers; ``--space mnasnet --space-opt preset=cifar`` for 32x32 data), and with
+``latency_metric="latency_ms"`` the search loop measures each model's latency on this machine
+(the paper's LAT is measured on a Pixel 1 phone); no proxy-task training inside the method (the
+evaluator's business).
 """
 
 from __future__ import annotations
