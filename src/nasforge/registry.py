@@ -23,7 +23,8 @@ _REGISTRIES: dict[str, dict[str, Any]] = {"space": {}, "method": {}, "proxy": {}
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "space": (
         "nasforge.spaces.nb201", "nasforge.spaces.darts", "nasforge.spaces.mobilenet",
-        "nasforge.spaces.randwire", "nasforge.spaces.zennas",
+        "nasforge.spaces.randwire", "nasforge.spaces.zennas", "nasforge.spaces.shufflenet",
+        "nasforge.spaces.mnasnet", "nasforge.spaces.densenas",
     ),
     "method": (
         "nasforge.searchers.*",  # every public module of the package (one file per searcher)
@@ -31,7 +32,8 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
         "nasforge.methods.enas", "nasforge.methods.one_shot", "nasforge.methods.p_darts", "nasforge.methods.pc_darts",
         "nasforge.methods.rsps", "nasforge.methods.snas", "nasforge.methods.spos", "nasforge.methods.fairnas",
         "nasforge.methods.fbnet",
-        "nasforge.methods.proxylessnas",
+        "nasforge.methods.proxylessnas", "nasforge.methods.single_path_nas", "nasforge.methods.densenas",
+        "nasforge.methods.chamnet",
     ),
     "proxy": ("nasforge.evaluators.proxies",),
     "dataset": ("nasforge.data.datasets",),
