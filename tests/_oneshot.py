@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,3 +51,32 @@ def killed_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> Iterator[None]:
         m.setattr(SearchRun, "step_done", step_done)
         with pytest.raises(Killed):
             yield
+
+
+def quick_table(space: Any, shape: tuple[int, ...], path: Path) -> Path:
+    """A real latency table of ``space`` measured on this machine, built fast (one thread, 3 passes)."""
+    import torch
+
+    from nasforge.hardware.latency import LatencySpec
+    from nasforge.hardware.lut import build_lut
+
+    threads = torch.get_num_threads()
+    try:
+        build_lut(space, shape, LatencySpec(backend="torch", threads=1, warmup=1, repeats=3), path,
+                  fit_networks=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def synthetic_table(table: Path, name: str, latencies: Mapping[str, float], constant: float) -> Path:
+    """``table`` with every block's statistics set to ``latencies[option]`` and the constant to
+    ``constant`` (scale 1), written beside it as ``name``: hand-computable predictions."""
+    doc = json.loads(table.read_text())
+    for entry in doc["entries"].values():
+        for stat in ("median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms"):
+            entry[stat] = latencies[entry["option"]]
+    doc["constant_ms"], doc["scale"] = constant, 1.0
+    path = table.parent / name
+    path.write_text(json.dumps(doc))
+    return path

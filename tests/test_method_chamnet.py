@@ -12,14 +12,13 @@ import pytest
 import torch
 
 import nasforge
-from _oneshot import killed_after
+from _oneshot import killed_after, quick_table, synthetic_table
 from nasforge import registry
 from nasforge.cli import main
 from nasforge.errors import BudgetError, ConfigError
 from nasforge.evaluators.supernet import SupernetEvaluator
 from nasforge.hardware.energy import EnergyTable, fit_energy_predictor
-from nasforge.hardware.latency import LatencySpec
-from nasforge.hardware.lut import build_lut, load_lut
+from nasforge.hardware.lut import load_lut
 from nasforge.methods import chamnet as mod
 from nasforge.methods.chamnet import AccuracyPredictor, ChamnetConfig, PredictorSampling, chamnet
 from nasforge.searchers._surrogates import expected_improvement
@@ -52,23 +51,13 @@ def _one_torch_thread() -> Any:
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (measured) table of the space on this machine, built fast."""
-    path = tmp_path_factory.mktemp("lut") / "lut.json"
-    build_lut(space(), SHAPE, LatencySpec(backend="torch", threads=1, warmup=1, repeats=3), path,
-              fit_networks=2, progress=False)
-    return path
+    return quick_table(space(), SHAPE, tmp_path_factory.mktemp("lut") / "lut.json")
 
 
 @pytest.fixture(scope="module")
 def synthetic_path(table_path: Path) -> Path:
     """The table with k3 blocks at 0.2 ms, k5 at 0.5 ms and a 0.3 ms constant: all-k3 is the unique fastest."""
-    doc = json.loads(table_path.read_text())
-    for entry in doc["entries"].values():
-        for stat in ("median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms"):
-            entry[stat] = {"ir_k3_e1": 0.2, "ir_k5_e1": 0.5}[entry["option"]]
-    doc["constant_ms"], doc["scale"] = 0.3, 1.0
-    path = table_path.parent / "synthetic.json"
-    path.write_text(json.dumps(doc))
-    return path
+    return synthetic_table(table_path, "synthetic.json", {"ir_k3_e1": 0.2, "ir_k5_e1": 0.5}, 0.3)
 
 
 def make_ctx(splits: tuple[Any, Any], **kwargs: Any) -> OneShotContext:

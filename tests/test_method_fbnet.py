@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import nasforge
-from _oneshot import killed_after
+from _oneshot import killed_after, quick_table, synthetic_table
 from nasforge import registry
 from nasforge.cli import main
 from nasforge.errors import BudgetError, ConfigError
-from nasforge.hardware.latency import LatencySpec
-from nasforge.hardware.lut import build_lut, load_lut
+from nasforge.hardware.lut import load_lut
 from nasforge.hardware.objectives import FBNetLoss
 from nasforge.methods import fbnet as mod
 from nasforge.methods.fbnet import (
@@ -49,22 +48,12 @@ def space() -> Any:
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (measured) table of the tiny space on this machine, built fast."""
-    path = tmp_path_factory.mktemp("lut") / "lut.json"
-    build_lut(space(), SHAPE, LatencySpec(backend="torch", threads=1, warmup=1, repeats=3), path,
-              fit_networks=2, progress=False)
-    return path
+    return quick_table(space(), SHAPE, tmp_path_factory.mktemp("lut") / "lut.json")
 
 
 def synthetic(table_path: Path, name: str, factor: float = 1.0) -> Path:
     """The table with every entry replaced by :data:`SYNTHETIC` and the constant by :data:`CONSTANT` (times ``factor``)."""
-    doc = json.loads(table_path.read_text())
-    for entry in doc["entries"].values():
-        for stat in ("median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms"):
-            entry[stat] = SYNTHETIC[entry["option"]] * factor
-    doc["constant_ms"], doc["scale"] = CONSTANT * factor, 1.0
-    path = table_path.parent / name
-    path.write_text(json.dumps(doc))
-    return path
+    return synthetic_table(table_path, name, {k: v * factor for k, v in SYNTHETIC.items()}, CONSTANT * factor)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import nasforge
-from _oneshot import killed_after
+from _oneshot import killed_after, quick_table, synthetic_table
 from nasforge import registry
 from nasforge.cli import main
 from nasforge.errors import ConfigError
-from nasforge.hardware.latency import LatencySpec
-from nasforge.hardware.lut import build_lut, load_lut
+from nasforge.hardware.lut import load_lut
 from nasforge.methods import single_path_nas as mod
 from nasforge.methods.single_path_nas import (
     RuntimeModel,
@@ -51,25 +50,13 @@ def space() -> Any:
 @pytest.fixture(scope="module")
 def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (measured) table of the tiny space on this machine, built fast."""
-    path = tmp_path_factory.mktemp("lut") / "lut.json"
-    threads = torch.get_num_threads()
-    build_lut(space(), SHAPE, LatencySpec(backend="torch", threads=1, warmup=1, repeats=3), path,
-              fit_networks=2, progress=False)
-    torch.set_num_threads(threads)
-    return path
+    return quick_table(space(), SHAPE, tmp_path_factory.mktemp("lut") / "lut.json")
 
 
 @pytest.fixture(scope="module")
 def synthetic_path(table_path: Path) -> Path:
     """The table with every entry replaced by :data:`SYNTHETIC` and the constant by :data:`CONSTANT`."""
-    doc = json.loads(table_path.read_text())
-    for entry in doc["entries"].values():
-        for stat in ("median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms"):
-            entry[stat] = SYNTHETIC[entry["option"]]
-    doc["constant_ms"], doc["scale"] = CONSTANT, 1.0
-    path = table_path.parent / "synthetic.json"
-    path.write_text(json.dumps(doc))
-    return path
+    return synthetic_table(table_path, "synthetic.json", SYNTHETIC, CONSTANT)
 
 
 def make_ctx(splits: tuple[Any, Any], **kwargs: Any) -> OneShotContext:

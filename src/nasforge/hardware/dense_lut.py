@@ -37,7 +37,7 @@ from torch import nn
 
 from nasforge.errors import ArchError, ConfigError
 from nasforge.hardware.latency import LatencySpec, device_description, measure
-from nasforge.hardware.lut import STRICT_FIELDS, BlockKey, LatencyTable, _relevant_versions
+from nasforge.hardware.lut import STRICT_FIELDS, BlockKey, LatencyTable, relevant_versions
 
 SPACE = "densenas"
 STEM, CLASSIFIER = "stem", "classifier"
@@ -103,7 +103,7 @@ def make_header(space: Any, input_shape: Sequence[int], spec: LatencySpec, num_c
     return {"space": space.name, "space_config": space.config(), "input_shape": list(spec.shape(tuple(input_shape))),
             "num_classes": num_classes, "batch_size": spec.batch_size, "backend": spec.backend,
             "threads": spec.threads, "warmup": spec.warmup, "repeats": spec.repeats,
-            "device": device_description(spec.device), "versions": _relevant_versions(spec.backend),
+            "device": device_description(spec.device), "versions": relevant_versions(spec.backend),
             "nasforge_version": nasforge.__version__}
 
 

@@ -175,12 +175,12 @@ def make_header(space: Any, input_shape: Sequence[int], spec: LatencySpec, num_c
     return {
         "space": space.name, "space_config": space.config(), "input_shape": list(shape), "num_classes": num_classes,
         "batch_size": spec.batch_size, "backend": spec.backend, "threads": spec.threads, "warmup": spec.warmup,
-        "repeats": spec.repeats, "device": device_description(spec.device), "versions": _relevant_versions(spec.backend),
+        "repeats": spec.repeats, "device": device_description(spec.device), "versions": relevant_versions(spec.backend),
         "nasforge_version": nasforge.__version__,
     }
 
 
-def _relevant_versions(backend: str) -> dict[str, str]:
+def relevant_versions(backend: str) -> dict[str, str]:
     v = library_versions(backend)
     keep = ("torch", "python", "nasforge") + (("onnxruntime",) if backend == "onnxruntime" else ())
     out = {k: v[k] for k in keep if k in v}
@@ -372,7 +372,7 @@ class LatencyTable:
     def check_environment(self, *, strict: bool = False) -> None:
         """Warn (or refuse, ``strict``) when this machine's device or library versions differ."""
         h = self.doc["header"]
-        self.check({"device": device_description("cpu"), "versions": _relevant_versions(h["backend"])}, strict=strict)
+        self.check({"device": device_description("cpu"), "versions": relevant_versions(h["backend"])}, strict=strict)
 
     # ---- entries ----------------------------------------------------------------------------------------
     def layer_keys(self) -> dict[str, dict[str, BlockKey]]:

@@ -397,5 +397,5 @@ class MnasNetSpace(SearchSpace):
         raise ConfigError(
             "mnasnet has no supernet: MnasNet trains every sampled model on its own (multi-trial); search it "
             "with a multi-trial method such as mnasnet_ppo and --evaluator train. One-shot (weight-sharing) "
-            "methods need a space with a supernet: nb201, darts or mobilenet"
+            "methods need a space with a supernet: nb201, darts, mobilenet, shufflenet or densenas"
         )
