@@ -299,7 +299,12 @@ def test_ctrl_c_during_a_checkpoint_write_is_delivered_after_the_file_is_complet
         real_save(obj, f)
 
     monkeypatch.setattr(torch, "save", save_with_interrupt)
+    # Python's own Ctrl-C handler, whatever an earlier test of the session left installed
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     path = tmp_path / "c.pt"
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"w": torch.arange(10000.0), "meta": {"step": 3}})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, {"w": torch.arange(10000.0), "meta": {"step": 3}})
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert load_checkpoint(path)["meta"]["step"] == 3
