@@ -47,7 +47,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,7 @@ class Method:
     epochs: int | None = None  # --epochs (one-shot: search epochs; multi-trial: per candidate)
     extra: tuple[str, ...] = ()  # more CLI arguments; "{target}" is filled in
     aims: str = ""  # how the method is pointed at the target (printed in the report)
-    uses_table: bool = True
-    label: str = field(default="")
+    label: str = ""
 
     @property
     def name(self) -> str:
@@ -108,10 +107,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     }, epochs=8, aims="hard limit in the GA (predicted by the table)"),
     Method("densenas", "densenas", DENSE, {
         "batch_size": 64, "warmup_epochs": 2, "lr": 0.05, "latency_budget": "{target}", "lut_repeats": 30,
-    }, epochs=6, uses_table=False, aims="CE + 0.15*log(LAT)/log 15; budgeted decoding (its own table)"),
+    }, epochs=6, aims="CE + 0.15*log(LAT)/log 15; budgeted decoding (its own table)"),
     Method("mnasnet_ppo", "mnasnet", MNAS, {"target": "{target}", "latency_metric": "latency_ms"}, epochs=1,
            extra=("--evaluator", "train", "--trials", "16"),
-           uses_table=False, aims="soft reward ACC*(LAT/T)^-0.07 (latency measured in the loop); highest-reward trial"),
+           aims="soft reward ACC*(LAT/T)^-0.07 (latency measured in the loop); highest-reward trial"),
 )}
 
 
@@ -222,7 +221,7 @@ def search(args: argparse.Namespace, state: dict[str, Any]) -> None:
         if (run_dir / "results.json").exists() and json.loads((run_dir / "results.json").read_text()).get("best"):
             continue
         target = state["spaces"][_space_key(m)]["target_ms"]
-        fill = {"table": state["table"], "target": f"{target:g}", "target_us": f"{1000 * target:g}"}
+        fill = {"table": state["table"], "target": f"{target:g}"}
         argv = ["search", "--method", m.method, *_space_argv(m.space, m.space_opts), "--data", "cifar10",
                 "--data-root", state["cifar"], "--train-subset", str(args.search_images), "--seed", str(args.seed),
                 "--no-final-train", "--no-progress", "--out", str(run_dir)]
@@ -381,8 +380,6 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not math.isfinite(TARGET_FRACTION):
-        return 2
     state = setup(args) if args.step in ("setup", "all") else json.loads((Path(args.out) / "setup.json").read_text())
     if args.step in ("search", "all"):
         search(args, state)
