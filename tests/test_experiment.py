@@ -169,6 +169,61 @@ def test_latency_constraint_is_measured_once_and_reused_on_resume(tmp_path, monk
     assert out.resumed_trials == 3
 
 
+def test_latency_options_choose_how_the_loop_measures(tmp_path, monkeypatch):
+    """--latency-opt: the loop reads the statistic it is told from a LatencySpec measurement;
+    without options it measures as before, and the empty option is not in config.json."""
+    import nasforge.hardware.latency as latency
+
+    seen = []
+    real = latency.measure
+
+    def spy(net, shape, spec=None):
+        m = real(net, shape, spec)
+        seen.append(m)
+        return m
+
+    monkeypatch.setattr(latency, "measure", spy)
+    cfg = _cfg(tmp_path, method="random", method_kwargs={}, trials=2, constraints=["latency_ms<=10000"],
+               latency_kwargs={"statistic": "min", "repeats": 7, "warmup": 1})
+    run_search(cfg, progress=False, log=lambda s: None)
+    costs = json.loads((tmp_path / "run" / "costs.json").read_text())
+    assert seen and all(m.repeats == 7 and m.warmup == 1 and m.threads == 1 for m in seen)
+    assert sorted(c["latency_ms"] for c in costs.values()) == sorted(m.min_ms for m in seen)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["latency_kwargs"] == cfg.latency_kwargs
+
+    other = _cfg(tmp_path, method="random", method_kwargs={}, trials=1, out=str(tmp_path / "plain"))
+    run_search(other, progress=False, log=lambda s: None)
+    assert "latency_kwargs" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    with pytest.raises(IncompatibleRunError, match="latency_kwargs"):  # another way of measuring is another search
+        run_search(_cfg(tmp_path, method="random", method_kwargs={}, trials=2, constraints=["latency_ms<=10000"],
+                        latency_kwargs={"statistic": "median"}), progress=False, log=lambda s: None)
+
+
+def test_latency_options_are_checked_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown latency option\(s\) \['repeat'\]; valid: statistic, backend"):
+        run_search(_cfg(tmp_path, latency_kwargs={"repeat": 5}), progress=False, log=lambda s: None)
+    with pytest.raises(UnknownNameError, match="unknown latency statistic 'mean'; valid: median, min"):
+        run_search(_cfg(tmp_path, latency_kwargs={"statistic": "mean"}), progress=False, log=lambda s: None)
+    with pytest.raises(UnknownNameError, match="unknown latency backend 'tvm'"):
+        run_search(_cfg(tmp_path, latency_kwargs={"backend": "tvm"}), progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()  # nothing was created
+
+
+def test_loop_latency_isolated_rebuilds_the_network_in_a_fresh_process():
+    import random
+
+    import nasforge
+    from nasforge.hardware.latency import LoopLatency, NetworkRecipe
+
+    space = nasforge.get_space("nb201")
+    arch = space.sample(random.Random(0))
+    net = space.build(arch, C=4, N=1)
+    loop = LoopLatency.from_options({"isolated": True, "repeats": 5, "warmup": 1, "statistic": "min"})
+    ms = loop.measure_ms(net, NetworkRecipe.of(space, arch, C=4, N=1), (3, 16, 16))
+    assert 0 < ms < 10_000
+    assert LoopLatency.from_options({}).spec is None  # no options: measure_latency_ms, as before
+
+
 def test_measure_latency_is_positive_and_checks_arguments():
     from torch import nn
 

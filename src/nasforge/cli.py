@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "any other method through NSGA-II's selection")
     g.add_argument("--constraint", dest="constraints", action="append", default=S, metavar="EXPR",
                    help="hard limit, e.g. params<=200k or flops<=5M (repeatable)")
+    g.add_argument("--latency-opt", dest="latency_kwargs", type=_kv, action="append", default=S, metavar="KEY=VALUE",
+                   help="how latency_ms is measured in the loop: statistic=median|min, repeats=N, warmup=N, threads=N, "
+                        "isolated=true (fresh pinned process), backend=torch|onnxruntime (default: median of 10 passes "
+                        "in process; on a busy machine use statistic=min repeats=100 isolated=true) (repeatable)")
     g = p.add_argument_group("final training")
     g.add_argument("--final-recipe", default=S, help="recipe to retrain the best architecture (default quick)")
     g.add_argument("--final-opt", dest="final_overrides", type=_kv, action="append", default=S, metavar="KEY=VALUE",

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nasforge import registry
 from nasforge.arch import Arch
@@ -35,6 +35,9 @@ from nasforge.errors import BudgetError, ConfigError, IncompatibleRunError, Nasf
 from nasforge.hardware.objectives import COST_METRICS, Constraint, parse_constraint
 from nasforge.searchers.base import Result, Searcher
 from nasforge.spaces.base import SearchSpace
+
+if TYPE_CHECKING:
+    from nasforge.hardware.latency import LoopLatency
 
 EVALUATORS = ("train", "table", "proxy")
 EXECUTORS = ("local", "ray")
@@ -73,6 +76,7 @@ class SearchConfig:
     seed: int = 0  # seeds the searcher, data splits and every training run
     objective: str | None = None  # metric(s) to optimise (default val_acc, or the proxy); max:/min: set the direction; several, comma-separated, make a Pareto search
     constraints: list[str] = field(default_factory=list)  # e.g. "params<=1e5", "flops<=2e6"
+    latency_kwargs: dict[str, Any] = field(default_factory=dict)  # how the loop measures latency_ms: statistic=median|min, repeats, warmup, threads, isolated, backend (default: median of 10 passes in process)
     recipe: str = "quick"  # training recipe for each candidate (see train/recipes.py)
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"epochs": 3}
     final_recipe: str = "quick"  # recipe for retraining the best architecture
@@ -143,6 +147,9 @@ class SearchConfig:
         self.objectives()
         for c in self.constraints:
             parse_constraint(c)
+        from nasforge.hardware.latency import LoopLatency
+
+        LoopLatency.from_options(self.latency_kwargs)
         require_choice("executor", self.executor, EXECUTORS)
         for name in ("workers", "heartbeat_seconds"):
             value = getattr(self, name)
@@ -209,6 +216,8 @@ class SearchConfig:
         from nasforge.study.store import redact_url
 
         d = self.to_dict()
+        if not d["latency_kwargs"]:  # left out while empty: run directories made before the option resume
+            del d["latency_kwargs"]
         if d.get("storage"):
             d["storage"] = redact_url(d["storage"])
         return d
@@ -319,8 +328,11 @@ class _Feasibility:
 
     def __init__(self, space: SearchSpace, constraints: list[Constraint], input_shape: tuple[int, int, int],
                  num_classes: int, build_kwargs: dict[str, Any], cache_path: Path | None = None,
-                 extra: frozenset[str] = frozenset()) -> None:
+                 extra: frozenset[str] = frozenset(), latency: LoopLatency | None = None) -> None:
         self.space, self.input_shape, self.num_classes, self.build_kwargs = space, input_shape, num_classes, build_kwargs
+        from nasforge.hardware.latency import LoopLatency
+
+        self.loop_latency = latency or LoopLatency()
         self.pre = [c for c in constraints if c.metric in COST_METRICS]
         # cost metrics the evaluator does not report but an objective or the searcher reads
         self.extra = frozenset(extra)
@@ -339,12 +351,14 @@ class _Feasibility:
         if key not in self.cache and self.cache_path is not None and self.cache_path.exists():
             self.cache.update(json.loads(self.cache_path.read_text()))  # another worker may have measured it
         if key not in self.cache:
-            net = self.space.build(arch, num_classes=self.num_classes, in_channels=self.input_shape[0], **self.build_kwargs)
+            build = {"num_classes": self.num_classes, "in_channels": self.input_shape[0], **self.build_kwargs}
+            net = self.space.build(arch, **build)
             cost = measure(net, self.input_shape).as_dict()
             if self.latency:
-                from nasforge.hardware.latency import measure_latency_ms
+                from nasforge.hardware.latency import NetworkRecipe
 
-                cost["latency_ms"] = measure_latency_ms(net, self.input_shape)
+                recipe = NetworkRecipe.of(self.space, arch, **build)
+                cost["latency_ms"] = self.loop_latency.measure_ms(net, recipe, self.input_shape)
             self.cache[key] = cost
             if self.cache_path is not None:
                 _write_json(self.cache_path, self.cache)
@@ -670,8 +684,10 @@ class _Evaluation:
 def _make_evaluation(cfg: SearchConfig, space: SearchSpace, extra: frozenset[str]) -> _Evaluation:
     constraints = [parse_constraint(c) for c in cfg.constraints]
     evaluator, input_shape, num_classes, data = _make_evaluator(cfg, space)
+    from nasforge.hardware.latency import LoopLatency
+
     feasible = _Feasibility(space, constraints, input_shape, num_classes, cfg.build_kwargs, Path(cfg.out) / "costs.json",
-                            extra=extra)
+                            extra=extra, latency=LoopLatency.from_options(cfg.latency_kwargs))
     return _Evaluation(evaluator, feasible, cfg.objectives()[0], constraints, data)
 
 

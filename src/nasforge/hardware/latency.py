@@ -4,7 +4,8 @@ Two entry points:
 
 * :func:`measure_latency_ms` — the median of ``repeats`` timed PyTorch eager forward passes
   after ``warmup`` untimed ones, with the current torch thread setting (the search loop's
-  ``latency_ms`` constraint uses it; kept as it was).
+  ``latency_ms`` by default; :class:`LoopLatency` says how the loop measures when
+  ``--latency-opt`` is given).
 * :func:`measure` — a full measurement described by a frozen :class:`LatencySpec` (backend
   ``torch`` or ``onnxruntime``, batch size, threads, input size, warm-up, repeats, device,
   optionally a fresh process pinned to CPUs) returning a :class:`LatencyMeasurement` with the
@@ -224,6 +225,53 @@ def library_versions(backend: str | None = None) -> dict[str, str]:
         if backend == "onnxruntime":
             raise
     return versions
+
+
+# ---- how a search loop measures latency_ms ------------------------------------------------------
+
+#: what a search loop reads from a measurement: the median pass, or the fastest one
+LOOP_STATISTICS: tuple[str, ...] = ("median", "min")
+#: keys of ``--latency-opt`` (``SearchConfig.latency_kwargs``)
+LOOP_OPTIONS: tuple[str, ...] = ("statistic", "backend", "threads", "warmup", "repeats", "isolated")
+
+
+@dataclass(frozen=True)
+class LoopLatency:
+    """How the search loop measures an architecture's ``latency_ms`` (``--latency-opt KEY=VALUE``).
+
+    Without options (``spec`` None): :func:`measure_latency_ms`, the median of 10 passes after
+    3 in the search process with its torch threads, as before these options existed. With any
+    option: :func:`measure` with a :class:`LatencySpec` of the given ``backend``, ``threads``,
+    ``warmup``, ``repeats`` and ``isolated`` (the spec's defaults for the others: torch, one
+    thread, 5 + 20 passes, in process), reading the ``statistic``: ``median`` (default) or
+    ``min``, the fastest pass. On a machine shared with other work (the search's own training,
+    other workers) the median takes the other jobs' time into a network's latency; the fastest
+    of many passes, best in a fresh pinned process (``isolated=true``), holds up under load
+    (``docs/benchmarks.md``, "Latency lookup tables").
+    """
+
+    spec: LatencySpec | None = None
+    statistic: str = "median"
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LoopLatency:
+        """Validate ``--latency-opt`` values; typed errors name the bad key or value and the choices."""
+        unknown = sorted(set(options) - set(LOOP_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown latency option(s) {unknown}; valid: {', '.join(LOOP_OPTIONS)}")
+        if not options:
+            return cls()
+        statistic = options.get("statistic", "median")
+        if statistic not in LOOP_STATISTICS:
+            raise UnknownNameError("latency statistic", statistic, LOOP_STATISTICS)
+        return cls(LatencySpec(**{k: v for k, v in options.items() if k != "statistic"}), statistic)
+
+    def measure_ms(self, net: nn.Module, recipe: NetworkRecipe, input_shape: tuple[int, ...]) -> float:
+        """Milliseconds of one forward pass of ``net`` (rebuilt from ``recipe`` when isolated)."""
+        if self.spec is None:
+            return measure_latency_ms(net, input_shape)
+        m = measure(recipe if self.spec.isolated else net, input_shape, self.spec)
+        return m.min_ms if self.statistic == "min" else m.median_ms
 
 
 # ---- measuring -----------------------------------------------------------------------------------
