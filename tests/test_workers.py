@@ -294,10 +294,11 @@ def _worker_pids(db: Path) -> tuple[set[int], int]:
     return {json.loads(v).get("pid") for (v,) in rows}, int(n)
 
 
-@pytest.mark.slow  # flaky, out of the default run: in about half of the runs of 2026-12-07 every trial
-# finished before the SIGTERM stopped the search (the stop may wait on a worker still catching up);
-# under investigation, see the CHANGELOG's known issues
 def test_sigterm_stops_every_worker_and_the_run_resumes(tmp_path, table):
+    """SIGTERM to the parent alone stops it and its worker, each records its trial as interrupted,
+    and the rerun completes the search. (Until 2026-12-07 the parent's KeyboardInterrupt was now
+    and then raised inside a weakref callback of the garbage collector, which Python ignores, and
+    the search ran on to its end: ``nasforge.signals``.)"""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "nasforge", "search", "--method", "random", "--evaluator", "train", "--space", "nb201",
            "--build-opt", "C=4", "--build-opt", "N=1", "--train-subset", "800", "--epochs", "12", "--trials", "40",
@@ -368,3 +369,28 @@ def test_a_killed_worker_process_loses_nothing_its_trial_runs_again(tmp_path):
     retry = [t for t in told if t.user_attrs.get("retry_of") == victim[1]]
     assert len(retry) == 1 and retry[0].user_attrs["arch"] == victim[2]
     assert "did not finish (interrupted, or its worker died); evaluating" in output
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+def test_a_sigterm_swallowed_by_a_weakref_callback_still_stops_the_loop():
+    """Python drops an exception raised inside a weakref callback ("Exception ignored in ...");
+    a SIGTERM handled there must still stop the search at its next safe point."""
+    import gc
+    import weakref
+
+    from nasforge import signals
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda _r: signals.raise_interrupt(15, None))  # the handler runs during collection
+    try:
+        del thing
+        gc.collect()  # the KeyboardInterrupt is printed and ignored, as in the failing runs
+        assert ref() is None and signals.stop_requested()
+        with pytest.raises(KeyboardInterrupt):
+            signals.check_stop()  # the worker loop and the training loops call this
+    finally:
+        signals.clear_stop()
+    signals.check_stop()  # nothing pending any more

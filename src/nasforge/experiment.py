@@ -598,6 +598,9 @@ def run_search(cfg: SearchConfig, *, progress: bool = True, log: Callable[[str],
             else:
                 worker.run()
         except KeyboardInterrupt:
+            from nasforge.signals import clear_stop
+
+            clear_stop()  # handled here: a later search in this process starts without it
             saved = open_study(cfg)
             n_done = len(saved.completed()) + len(saved.failed())
             raise SearchInterrupted(
@@ -834,6 +837,9 @@ def _run_one_shot(
         if sharding is not None:  # a collective: fails unless every rank derived the same architecture
             result.info["data_parallel"] = distributed.agree(space.format(result.arch), result.strengths)
     except KeyboardInterrupt:
+        from nasforge.signals import clear_stop
+
+        clear_stop()
         raise SearchInterrupted(
             f"interrupted; the search checkpoint in {out / 'search'} is kept. Rerun the same command to resume."
         ) from None

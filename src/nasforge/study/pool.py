@@ -19,20 +19,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from nasforge.errors import NasforgeError
-
-
-def _raise_interrupt(_sig: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
+from nasforge.signals import raise_interrupt
 
 def child_main() -> int:
     """A worker process: read ``{"target": "module:function", "cfg": {...}, "index": i, "token": t}``
     from stdin, run ``function(cfg, index, token)``."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     job = json.loads(sys.stdin.read())
     module, _, name = str(job["target"]).partition(":")
     if not module.startswith("nasforge."):
@@ -68,7 +64,7 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._previous = signal.signal(signal.SIGTERM, raise_interrupt)
         try:
             for i in range(1, self.n + 1):
                 p = subprocess.Popen([sys.executable, "-m", "nasforge.study.pool"], stdin=subprocess.PIPE)

@@ -36,6 +36,7 @@ import optuna
 
 from nasforge.arch import Arch
 from nasforge.errors import IncompatibleRunError, NasforgeError
+from nasforge.signals import check_stop
 from nasforge.study.store import Study
 
 if TYPE_CHECKING:  # the study layer sits below the searchers: it only drives one
@@ -230,6 +231,7 @@ class StudyWorker:
     def run(self) -> Log:
         """Work until ``trials`` results are in; return the final log."""
         while True:
+            check_stop()  # a SIGTERM whose KeyboardInterrupt was swallowed (nasforge.signals)
             with self.study.lock():
                 log = self.sync()
                 if log.told >= self.trials:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from nasforge.arch import Arch
+from nasforge.signals import check_stop
 from nasforge.errors import BudgetError, ConfigError, require_choice
 from nasforge.nn.choice import Supernet
 from nasforge.spaces.base import SearchSpace
@@ -310,6 +311,7 @@ class SearchRun:
         for b, (x, y) in enumerate(train_loader):
             if b >= n:
                 break
+            check_stop()  # a SIGTERM whose KeyboardInterrupt was swallowed (nasforge.signals)
             v = None
             if valid_iter is not None and valid_loader is not None:
                 try:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from nasforge.errors import BudgetError, ConfigError, NasforgeError
+from nasforge.signals import check_stop
 from nasforge.train.checkpoint import (
     FORMAT_VERSION,
     checkpoint_exists,
@@ -245,6 +246,7 @@ def train(
         for batch, (x, y) in enumerate(batches):
             if batch >= n_batches:
                 break
+            check_stop()  # a SIGTERM whose KeyboardInterrupt was swallowed (nasforge.signals)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if augment:
                 x = augment_batch(x, generator=gen, crop_padding=recipe.crop_padding, flip=recipe.flip, cutout=recipe.cutout)
