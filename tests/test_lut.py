@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import warnings
 
 import pytest
@@ -245,3 +246,37 @@ def test_a_table_without_context_timings_refuses_the_context_statistic(tmp_path)
     with pytest.raises(ConfigError, match="need the torch backend"):
         build_lut(space, SHAPE, LatencySpec(backend="onnxruntime", threads=1, warmup=1, repeats=2),
                   tmp_path / "ort.json", fit_networks=2, progress=False, context=True)
+
+
+def test_context_rounds_keep_each_blocks_fastest_pass_over_all_rounds(tmp_path, monkeypatch):
+    """With context_rounds=R the context networks are timed R times in turn (network 0, 1, ...,
+    then again); a block keeps its fastest time over the rounds, then the median over its
+    networks. Scripted timings: call k returns 10 - k ms for every block, so the last round wins.
+    A table built with other rounds is not continued."""
+    import nasforge.hardware.lut as lut
+    from nasforge.hardware.lut import LatencyTableMismatchError, context_architectures
+
+    space = _space()
+    n_nets = len(context_architectures(space))
+    calls: list[int] = []
+
+    def scripted(net, x, passes, warmup):
+        calls.append(len(calls))
+        return {name: 10.0 - (len(calls) - 1) for name in net.layers}
+
+    monkeypatch.setattr(lut, "_block_times", scripted)
+    table = build_lut(space, SHAPE, SPEC, tmp_path / "t.json", fit_networks=2, progress=False, context_rounds=3)
+    assert len(calls) == 3 * n_nets
+    # network i's fastest (its last round's) timing is call 2 * n_nets + i: 10 - (2 * n_nets + i) ms
+    last = {i: 10.0 - (2 * n_nets + i) for i in range(n_nets)}
+    expected: dict[str, list[float]] = {}
+    for i, arch in enumerate(context_architectures(space)):
+        for layer in space.decisions():
+            expected.setdefault(table.layer_keys()[layer][arch[layer]].text, []).append(last[i])
+    assert {k: e["context_ms"] for k, e in table.doc["entries"].items()} == {
+        k: statistics.median(v) for k, v in expected.items()}
+    assert table.doc["context_rounds"] == 3 and table.doc["context_passes"] == SPEC.repeats
+    with pytest.raises(LatencyTableMismatchError, match="context_rounds: table has 3, wanted 1"):
+        build_lut(space, SHAPE, SPEC, tmp_path / "t.json", fit_networks=2, progress=False)
+    with pytest.raises(ConfigError, match="context rounds"):
+        build_lut(space, SHAPE, SPEC, tmp_path / "u.json", fit_networks=2, progress=False, context_rounds=0)

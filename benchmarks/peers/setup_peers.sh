@@ -2,6 +2,9 @@
 # Scratch virtual environments for the peer side of benchmarks/oneshot_speed.py (runs/ is git-ignored):
 #   runs/peers/nni      NNI 3.0 + pytorch-lightning + torchmetrics, on torch 2.13.0 (CPU)
 #   runs/peers/xautodl  xautodl 1.0.0 (--no-deps) + numpy + pyyaml, on torch 2.13.0 (CPU)
+#   runs/peers/SinglePathOneShot  the SPOS reference code (megvii-model/SinglePathOneShot, not on
+#                       PyPI; pure PyTorch, run by spos_differential.py with the project's .venv):
+#                       cloned from GitHub, or exported from a local git copy: SPOS_GIT=/path/to/a/clone
 #
 #   bash benchmarks/peers/setup_peers.sh          # idempotent: a venv with its .setup-ok marker is skipped
 #   FORCE=1 bash benchmarks/peers/setup_peers.sh  # rebuild both
@@ -55,6 +58,22 @@ EOF
 
 make_venv nni nni==3.0 pytorch-lightning torchmetrics "$TORCH"
 make_venv xautodl --no-deps xautodl ';;' numpy pyyaml "$TORCH"
+
+SPOS="$PEERS/SinglePathOneShot"
+SPOS_COMMIT=36eed6c  # the reference's only commit ("initial commit")
+if [[ -f "$SPOS/src/Supernet/network.py" && -z "${FORCE:-}" ]]; then
+    echo "== SinglePathOneShot: $SPOS already there"
+else
+    rm -rf "$SPOS" && mkdir -p "$SPOS"
+    if [[ -n "${SPOS_GIT:-}" ]]; then
+        echo "== SinglePathOneShot: exporting $SPOS_COMMIT from $SPOS_GIT"
+        git -C "$SPOS_GIT" archive "$SPOS_COMMIT" | tar -x -C "$SPOS"
+    else
+        echo "== SinglePathOneShot: cloning github.com/megvii-model/SinglePathOneShot"
+        git clone --quiet https://github.com/megvii-model/SinglePathOneShot "$SPOS"
+        git -C "$SPOS" checkout --quiet "$SPOS_COMMIT"
+    fi
+fi
 
 echo "== import check"
 "$PEERS/nni/bin/python" -W ignore -c "import nni, pytorch_lightning as pl; \

@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="median (default) or min of the blocks' timed passes alone, or context: their fastest pass "
                         "inside whole networks (torch backend)")
     h.add_argument("--fit", default="offset", help="offset (a constant, default) or affine (scale and constant)")
+    h.add_argument("--context-rounds", type=int, default=1,
+                   help="torch: go over the in-context timing networks this many times in turn, each block keeping "
+                        "its fastest pass (spreads the timings over time on a machine whose speed drifts; default 1)")
     h.add_argument("--out", required=True, help="the JSON table to write (an existing one is continued)")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h = hw.add_parser("predict", help="predicted (and optionally measured) latency of one architecture")
@@ -440,7 +443,8 @@ def cmd_hardware(ns: argparse.Namespace) -> int:
                            repeats=ns.repeats)
         table = build_lut(space, (ns.in_channels, ns.input_size, ns.input_size), spec, ns.out,
                           num_classes=ns.num_classes, fit_networks=ns.fit_networks, statistic=ns.statistic,
-                          fit=ns.fit, progress=not ns.no_progress)
+                          fit=ns.fit, progress=not ns.no_progress,
+                          **({"context_rounds": ns.context_rounds} if ns.backend == "torch" else {}))
         fit = table.doc["fit"]
         print(f"{len(table.doc['entries'])} blocks and {fit['networks']} networks measured on {table.header['device']} "
               f"({ns.backend}, {ns.threads} thread(s)); constant {table.constant_ms:.3f} ms, scale {table.scale:.3f}, "

@@ -497,7 +497,7 @@ def build_lut(
     space: Any, input_shape: Sequence[int], spec: LatencySpec, out: str | os.PathLike[str], *,
     num_classes: int = 10, fit_networks: int = 10, seed: int = 0, progress: bool = True,
     max_measurements: int | None = None, statistic: str = "median", fit: str = "offset",
-    context: bool | None = None, context_passes: int | None = None,
+    context: bool | None = None, context_passes: int | None = None, context_rounds: int = 1,
 ) -> LatencyTable:
     """Measure every distinct block of ``space`` at ``input_shape`` and fit the constant; resumable.
 
@@ -524,6 +524,8 @@ def build_lut(
             :func:`measure_in_context` runs a few networks that together contain every (layer,
             option) and keeps, per block, the median over networks of its fastest pass.
         context_passes: timed passes per context network (default ``spec.repeats``).
+        context_rounds: times the context networks are gone over in turn, each block keeping its
+            fastest pass over all of them (see :func:`measure_in_context`; default 1).
 
     Returns:
         the table, complete unless ``max_measurements`` stopped it.
@@ -595,9 +597,11 @@ def build_lut(
             bar.update(1)
     finally:
         bar.close()
+    if context and table.has_context and table.doc.get("context_rounds", 1) != context_rounds:
+        raise LatencyTableMismatchError(path, {"context_rounds": (table.doc.get("context_rounds", 1), context_rounds)})
     if context and not table.has_context:
         measure_in_context(table, context_passes or spec.repeats, warmup=spec.warmup, threads=spec.threads,
-                           num_classes=num_classes)
+                           num_classes=num_classes, rounds=context_rounds)
         table.save()
     table.doc["complete"] = True
     table.use_statistic(statistic, fit)
@@ -614,7 +618,7 @@ def context_architectures(space: Any) -> list[Any]:
 
 
 def measure_in_context(table: LatencyTable, passes: int, *, warmup: int = 3, threads: int = 1,
-                       num_classes: int = 10) -> None:
+                       num_classes: int = 10, rounds: int = 1) -> None:
     """Time each block inside whole networks (forward hooks) and store ``context_ms`` per entry.
 
     For every network of :func:`context_architectures`, ``passes`` timed forward passes (eager,
@@ -622,23 +626,36 @@ def measure_in_context(table: LatencyTable, passes: int, *, warmup: int = 3, thr
     pre- and post-forward hook; a block's time in a network is its fastest pass, and its entry's
     ``context_ms`` is the median of those over the networks that contain it (layers sharing a
     block key pool their networks). The hooks themselves cost microseconds per block.
+
+    ``rounds`` > 1 goes over the networks that many times in turn and keeps each block's fastest
+    pass over all rounds. On a virtual machine the speed drifts by about 10% from one second to
+    the next even when nothing else runs (``docs/benchmarks.md``); every block of one network is
+    timed in the same second or so, so one slow stretch would bias all the blocks of that network
+    (one option of every layer) together. Rounds spread each block's passes over time.
     """
     check_int("context passes", passes, error=ConfigError)
+    check_int("context rounds", rounds, error=ConfigError)
     space = table.space
     shape = table.input_shape
     keys = table.layer_keys()
-    per_key: dict[str, list[float]] = {}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for arch in context_architectures(space):
-            net = space.build(arch, num_classes=num_classes, in_channels=shape[0]).eval()
-            x = torch.randn((table.header["batch_size"], *shape))
-            spans = _block_times(net, x, passes, warmup)
-            for layer, fastest_ms in spans.items():
-                per_key.setdefault(keys[layer][arch[layer]].text, []).append(fastest_ms)
+        archs = context_architectures(space)
+        nets = [space.build(a, num_classes=num_classes, in_channels=shape[0]).eval() for a in archs]
+        x = torch.randn((table.header["batch_size"], *shape))
+        fastest: list[dict[str, float]] = [{} for _ in archs]
+        for _ in range(rounds):
+            for i, net in enumerate(nets):
+                for layer, ms in _block_times(net, x, passes, warmup).items():
+                    fastest[i][layer] = min(ms, fastest[i].get(layer, math.inf))
     finally:
         torch.set_num_threads(previous_threads)
+    per_key: dict[str, list[float]] = {}
+    for arch, spans in zip(archs, fastest):
+        for layer, fastest_ms in spans.items():
+            per_key.setdefault(keys[layer][arch[layer]].text, []).append(fastest_ms)
+    table.doc["context_passes"], table.doc["context_rounds"] = passes, rounds
     missing = [k for k in table.doc["entries"] if k not in per_key]
     if missing:
         raise ConfigError(f"in-context timing left {len(missing)} block(s) unmeasured, e.g. {missing[0]}")
