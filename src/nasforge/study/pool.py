@@ -25,6 +25,7 @@ from typing import Any
 from nasforge.errors import NasforgeError
 from nasforge.signals import raise_interrupt
 
+
 def child_main() -> int:
     """A worker process: read ``{"target": "module:function", "cfg": {...}, "index": i, "token": t}``
     from stdin, run ``function(cfg, index, token)``."""

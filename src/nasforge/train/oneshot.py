@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from nasforge.arch import Arch
-from nasforge.signals import check_stop
 from nasforge.errors import BudgetError, ConfigError, require_choice
 from nasforge.nn.choice import Supernet
+from nasforge.signals import check_stop
 from nasforge.spaces.base import SearchSpace
 from nasforge.train import distributed
 from nasforge.train.checkpoint import (
