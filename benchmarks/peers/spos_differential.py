@@ -124,6 +124,11 @@ def train(side: str, mode: str, seed: int, data: tuple[Any, ...], args: argparse
     paths = random.Random(1000 + seed)  # the same path sequence for both sides
     order = torch.Generator().manual_seed(2000 + seed)  # the same batches for both sides
     fixed = [paths.randrange(N_OPS) for _ in range(N_BLOCKS)]
+    class _Forward(torch.nn.Module):  # weight_step_pieces calls supernet(x, path): path indices here
+        def forward(self, x: Any, path: Any) -> Any:
+            return forward(x, path)
+
+    stepper = _Forward()
     net.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -141,11 +146,7 @@ def train(side: str, mode: str, seed: int, data: tuple[Any, ...], args: argparse
             opt.step()
             losses.append(loss.item())
         else:
-            class _Forward(torch.nn.Module):  # weight_step_pieces calls supernet(x, path)
-                def forward(self, x: Any, path: Any) -> Any:
-                    return forward(x, path)
-
-            value, _ = weight_step_pieces(_Forward(), [(path, (x, y))], opt,
+            value, _ = weight_step_pieces(stepper, [(path, (x, y))], opt,
                                           loss_fn=lambda o, t: F.cross_entropy(o, t, label_smoothing=0.1),
                                           grad_clip=None, where="differential")
             losses.append(value)
