@@ -219,8 +219,10 @@ def test_loop_latency_isolated_rebuilds_the_network_in_a_fresh_process():
     arch = space.sample(random.Random(0))
     net = space.build(arch, C=4, N=1)
     loop = LoopLatency.from_options({"isolated": True, "repeats": 5, "warmup": 1, "statistic": "min"})
-    ms = loop.measure_ms(net, NetworkRecipe.of(space, arch, C=4, N=1), (3, 16, 16))
+    ms = loop.measure_ms(net, (3, 16, 16), NetworkRecipe.of(space, arch, C=4, N=1))
     assert 0 < ms < 10_000
+    with pytest.raises(ConfigError, match="pass its NetworkRecipe"):
+        loop.measure_ms(net, (3, 16, 16))
     assert LoopLatency.from_options({}).spec is None  # no options: measure_latency_ms, as before
 
 

@@ -357,8 +357,8 @@ class _Feasibility:
             if self.latency:
                 from nasforge.hardware.latency import NetworkRecipe
 
-                recipe = NetworkRecipe.of(self.space, arch, **build)
-                cost["latency_ms"] = self.loop_latency.measure_ms(net, recipe, self.input_shape)
+                recipe = NetworkRecipe.of(self.space, arch, **build) if self.loop_latency.isolated else None
+                cost["latency_ms"] = self.loop_latency.measure_ms(net, self.input_shape, recipe)
             self.cache[key] = cost
             if self.cache_path is not None:
                 _write_json(self.cache_path, self.cache)

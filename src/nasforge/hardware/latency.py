@@ -266,11 +266,19 @@ class LoopLatency:
             raise UnknownNameError("latency statistic", statistic, LOOP_STATISTICS)
         return cls(LatencySpec(**{k: v for k, v in options.items() if k != "statistic"}), statistic)
 
-    def measure_ms(self, net: nn.Module, recipe: NetworkRecipe, input_shape: tuple[int, ...]) -> float:
-        """Milliseconds of one forward pass of ``net`` (rebuilt from ``recipe`` when isolated)."""
+    @property
+    def isolated(self) -> bool:
+        """Whether a measurement rebuilds the network in a fresh process (it then needs a recipe)."""
+        return self.spec is not None and self.spec.isolated
+
+    def measure_ms(self, net: nn.Module, input_shape: tuple[int, ...], recipe: NetworkRecipe | None = None) -> float:
+        """Milliseconds of one forward pass of ``net`` (rebuilt from ``recipe`` when :attr:`isolated`)."""
         if self.spec is None:
             return measure_latency_ms(net, input_shape)
-        m = measure(recipe if self.spec.isolated else net, input_shape, self.spec)
+        if self.spec.isolated and recipe is None:
+            raise ConfigError("an isolated latency measurement rebuilds the network in a fresh process: pass its "
+                              "NetworkRecipe")
+        m = measure(recipe if self.spec.isolated and recipe is not None else net, input_shape, self.spec)
         return m.min_ms if self.statistic == "min" else m.median_ms
 
 
