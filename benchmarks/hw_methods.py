@@ -201,9 +201,9 @@ def found_arch(m: Method, results: dict[str, Any], target: float) -> str:
     trial of highest reward ``ACC x (LAT / T) ** w`` (what its controller maximises; the loop's
     ``best`` is the most accurate trial, whatever its latency) among the trials whose latency
     measured in the loop meets the target. The soft reward lets the controller explore both
-    sides of T; the paper then picks its models from the searched ones (Section 5), and a user
-    with a latency target picks one under it. With no trial under the target, the highest-reward
-    trial overall."""
+    sides of T, and a user with a latency target picks a searched model under it (a choice of this
+    benchmark, not a rule of the paper's text, which was not checked for one). With no trial under
+    the target, the highest-reward trial overall."""
     if m.method != "mnasnet_ppo":
         return str(results["best"]["arch"])
     from nasforge.hardware.objectives import MnasNetReward

@@ -275,10 +275,13 @@ class LoopLatency:
         """Milliseconds of one forward pass of ``net`` (rebuilt from ``recipe`` when :attr:`isolated`)."""
         if self.spec is None:
             return measure_latency_ms(net, input_shape)
-        if self.spec.isolated and recipe is None:
-            raise ConfigError("an isolated latency measurement rebuilds the network in a fresh process: pass its "
-                              "NetworkRecipe")
-        m = measure(recipe if self.spec.isolated and recipe is not None else net, input_shape, self.spec)
+        target: nn.Module | NetworkRecipe = net
+        if self.spec.isolated:
+            if recipe is None:
+                raise ConfigError("an isolated latency measurement rebuilds the network in a fresh process: pass its "
+                                  "NetworkRecipe")
+            target = recipe
+        m = measure(target, input_shape, self.spec)
         return m.min_ms if self.statistic == "min" else m.median_ms
 
 
